@@ -1,0 +1,3 @@
+from adapterstudio.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Shared CLI plumbing: error reporting, JSON output, progress bars, opening the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from adapterstudio.core.context import Context
+from adapterstudio.core.errors import Cancelled, UserError
+
+log = logging.getLogger("adapterstudio")
+
+
+def add_group(sub: Any, name: str, help: str) -> Any:
+    p = sub.add_parser(name, help=help, description=help)
+    p.set_defaults(group_parser=p)
+    return p.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+
+
+def want_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def emit(args: argparse.Namespace, data: Any, text: str | Callable[[], str]) -> None:
+    """Print *data* as JSON with --json, else the human *text*."""
+    if want_json(args):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        out = text() if callable(text) else text
+        if out:
+            print(out)
+
+
+def open_lib(args: argparse.Namespace):
+    from adapterstudio.services.library import open_library
+
+    return open_library(getattr(args, "home", None))
+
+
+def run_command(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    try:
+        rc = handler(args)
+        return int(rc or 0)
+    except UserError as exc:
+        _error(args, str(exc), exc.exit_code, hint=exc.hint)
+        return exc.exit_code
+    except Cancelled:
+        _error(args, "Cancelled.", 130)
+        return 130
+    except KeyboardInterrupt:
+        _error(args, "Interrupted.", 130)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: say so in one line, keep the traceback in the log
+        path = _write_crash_log(args)
+        _error(args, f"Internal error: {type(exc).__name__}: {exc}. Details were written to {path}.", 70)
+        if os.environ.get("ADAPTERSTUDIO_DEBUG"):
+            traceback.print_exc()
+        return 70
+
+
+def _error(args: argparse.Namespace, message: str, code: int, hint: str | None = None) -> None:
+    if want_json(args):
+        print(json.dumps({"error": message, "exit_code": code, **({"hint": hint} if hint else {})}))
+    print(f"error: {message}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
+
+
+def _write_crash_log(args: argparse.Namespace) -> str:
+    import tempfile
+
+    from adapterstudio.core.settings import load_settings
+
+    try:
+        root = load_settings().resolved_library_dir(getattr(args, "home", None))
+        logs = root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+    except Exception:
+        logs = __import__("pathlib").Path(tempfile.gettempdir())
+    path = logs / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(f"argv: {sys.argv!r}\n")
+        traceback.print_exc(file=fh)
+    return str(path)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, used as a Context's progress callback."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self._last = 0.0
+        self._start = time.monotonic()
+
+    def __call__(self, done: float, total: float | None, message: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1 and not (total and done >= total):
+            return
+        self._last = now
+        if total:
+            frac = max(0.0, min(1.0, done / total))
+            bar = "#" * int(frac * 30)
+            line = f"\r{self.label} [{bar:<30}] {frac * 100:5.1f}% {message[:40]:<40}"
+        else:
+            line = f"\r{self.label} {message[:60]:<60}"
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def cli_context(label: str, args: argparse.Namespace) -> tuple[Context, ProgressBar]:
+    bar = ProgressBar(label, enabled=not want_json(args))
+    return Context(on_progress=bar), bar
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""File-system helpers: atomic writes, hashing, copying into place safely."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from adapterstudio.core.context import NULL_CONTEXT, TaskContext
+
+CHUNK = 4 * 1024 * 1024
+
+
+def fsync_dir(path: Path) -> None:
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_output(path: Path, mode: str = "wb") -> Iterator:
+    """Write to a temp file beside *path*, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_output(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_output(path, "wb") as fh:
+        fh.write(data)
+
+
+def sha256_file(path: Path, ctx: TaskContext = NULL_CONTEXT, done_before: int = 0, total: int | None = None) -> str:
+    h = hashlib.sha256()
+    done = done_before
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            done += len(chunk)
+            ctx.progress(done, total, f"hashing {path.name}")
+            ctx.check_cancelled()
+    return h.hexdigest()
+
+
+def copy_atomic(src: Path, dst: Path, ctx: TaskContext = NULL_CONTEXT) -> None:
+    """Copy *src* to *dst* via a temp file and rename; never leaves a partial *dst*."""
+    with atomic_output(dst, "wb") as out, src.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            out.write(chunk)
+            ctx.check_cancelled()
+    shutil.copymode(src, dst)
+
+
+def iter_files(folder: Path) -> Iterator[Path]:
+    """Regular files under *folder*, sorted, skipping hidden files and VCS folders."""
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_file() and not p.is_symlink():
+            yield p
+        elif p.is_symlink() and p.resolve().is_file():
+            yield p

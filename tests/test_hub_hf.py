@@ -62,7 +62,7 @@ def test_an_unreachable_hub_is_a_network_error(make_adapter_folder, monkeypatch)
     s.close()  # nothing listens there
     p = load_provider("huggingface", ProviderConfig(endpoint=f"http://127.0.0.1:{port}", token=TOKEN))
     with pytest.raises(NetworkError, match="connection failed"):
-        p.search("x")
+        p.show("alice/anything")
 
 
 def test_card_validation_uses_the_hub(hub):  # noqa: F811

@@ -39,9 +39,24 @@ def make_provider(config: ProviderConfig) -> "HuggingFaceProvider":
 
 
 def _quiet() -> None:
-    from huggingface_hub.utils import disable_progress_bars
+    """No tqdm bars or retry chatter on the console: AdapterStudio reports progress and errors itself."""
+    from huggingface_hub.utils import disable_progress_bars, logging as hf_logging
 
     disable_progress_bars()
+    if not os.environ.get("ADAPTERSTUDIO_DEBUG"):
+        hf_logging.set_verbosity_error()
+
+
+def _network_cause(exc: BaseException | None) -> BaseException | None:
+    """The network failure behind *exc* (itself, or a cause: huggingface_hub wraps some in RuntimeError)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        mod = type(exc).__module__.split(".")[0]
+        if mod in ("httpx", "httpx2", "httpcore", "requests", "urllib3") or isinstance(exc, (ConnectionError, TimeoutError)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def _hf():
@@ -61,6 +76,7 @@ class HuggingFaceProvider:
         endpoint = config.endpoint or os.environ.get("HF_ENDPOINT") or None
         self._endpoint = endpoint.rstrip("/") if endpoint else None
         self.__token = config.token or None  # never exposed
+        _quiet()
 
     def __repr__(self) -> str:
         return f"HuggingFaceProvider(endpoint={self.endpoint!r})"
@@ -130,10 +146,10 @@ class HuggingFaceProvider:
                 raise NetworkError(f"Could not {what} {where}: the connection failed ({self._clean(str(exc))}).") from None
             raise
         except Exception as exc:
-            mod = type(exc).__module__.split(".")[0]
-            if mod in ("httpx", "httpx2", "httpcore", "requests", "urllib3") or isinstance(exc, (ConnectionError, TimeoutError)):
+            net = _network_cause(exc)
+            if net is not None:
                 raise NetworkError(f"Could not {what} {where}: the connection failed "
-                                   f"({type(exc).__name__}: {self._clean(str(exc))}); nothing was changed, try again.") from None
+                                   f"({type(net).__name__}: {self._clean(str(net))}); nothing was changed, try again.") from None
             raise
 
     def _check_id(self, repo_id: str) -> None:

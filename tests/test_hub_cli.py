@@ -244,3 +244,25 @@ def test_folder_provider_through_the_cli(cli, catalogue, tmp_path):
     a, b = catalogue.catalogue.get_adapter("sent-lora"), catalogue.catalogue.get_adapter("from-nas")
     assert (Path(a.path) / "adapter_model.safetensors").read_bytes() == (Path(b.path) / "adapter_model.safetensors").read_bytes()
     assert b.source == "hub:folder"
+
+
+@pytest.mark.parametrize("hub", ["lfs"], indirect=True)
+def test_base_fetch_downloads_a_base_registered_by_hub_id(cli, lib, hub, tmp_path):  # noqa: F811
+    from huggingface_hub import HfApi
+
+    from tests.helpers import tiny_model
+
+    model = tiny_model("bert", tmp_path / "tiny-bert")
+    (model / "pytorch_model.bin").write_bytes(b"pickle weights that must not be downloaded")
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo(f"{USER}/tiny-bert")
+    api.upload_folder(folder_path=str(model), repo_id=f"{USER}/tiny-bert")
+    lib.add_base(f"{USER}/tiny-bert", name="tiny-bert")
+    assert lib.catalogue.get_base("tiny-bert").available is False
+    res = run(cli, hub, tmp_path, "base", "fetch", "tiny-bert", "--json")
+    rec = ok_json(res)
+    assert rec["available"] and rec["architecture"] == "BertForSequenceClassification"
+    assert rec["revision"] == hub.repo(f"{USER}/tiny-bert").head.sha
+    folder = Path(rec["path"])
+    assert (folder / "model.safetensors").is_file() and not (folder / "pytorch_model.bin").exists()
+    assert str(tmp_path / "hf-home") in rec["path"]

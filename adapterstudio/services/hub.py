@@ -289,6 +289,7 @@ def fetch_base(lib, name: str, *, revision: str | None = None, ctx: TaskContext 
     if not base.hub_id:
         raise InvalidInput(f"Base model {name!r} has no Hub id to download; it is a local folder ({base.path}).")
     import huggingface_hub
+    import huggingface_hub.errors
 
     endpoint = lib.settings.hub_endpoint or os.environ.get("HF_ENDPOINT") or None
     patterns = [p for p in BASE_PATTERNS if p != "*.py" or lib.settings.trust_remote_code]
@@ -303,6 +304,9 @@ def fetch_base(lib, name: str, *, revision: str | None = None, ctx: TaskContext 
         folder = Path(api.snapshot_download(base.hub_id, revision=info.sha, allow_patterns=patterns))
     except UserError:
         raise
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        raise NotFound(f"There is no model {base.hub_id} on {endpoint or huggingface_hub.constants.ENDPOINT} "
+                       f"(or it is gated/private and you are not logged in).") from None
     except Exception as exc:
         raise NetworkError(f"Could not download {base.hub_id}: {type(exc).__name__}: "
                            f"{(str(exc).splitlines() or [''])[0]}.") from None

@@ -71,3 +71,32 @@ def test_card_validation_uses_the_hub(hub):  # noqa: F811
     errors = p.validate_card("---\nlibrary_name: peft\nbase_model: /home/me/models/base\n---\n")
     assert errors and "base_model" in errors[0]
     assert any(r["path"] == "/api/validate-yaml" for r in hub.requests)
+
+
+@pytest.mark.parametrize("hub", ["regular"], indirect=True)
+def test_private_repos_are_hidden_from_others(hub, make_adapter_folder, tmp_path):  # noqa: F811
+    owner = load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=TOKEN))
+    owner.push(make_adapter_folder(), f"{USER}/secret", private=True)
+    assert owner.show(f"{USER}/secret").adapter.private is True
+    hub.add_user("bob", "hf_bobTOKEN_000")
+    other = load_provider("huggingface", ProviderConfig(endpoint=hub.url, token="hf_bobTOKEN_000"))
+    assert f"{USER}/secret" not in [h.id for h in other.search("secret")]
+    from adapterstudio.core.errors import NotFound
+
+    with pytest.raises(NotFound, match="private"):
+        other.pull(f"{USER}/secret", tmp_path / "x")
+
+
+def test_the_token_never_reaches_the_logs(hub, make_adapter_folder, tmp_path, caplog):  # noqa: F811
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    for name in ("huggingface_hub", "httpx", "httpx2", "httpcore", "adapterstudio"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    p = load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=TOKEN))
+    p.auth_status()
+    p.push(make_adapter_folder(), f"{USER}/logged")
+    p.search("logged")
+    p.pull(f"{USER}/logged", tmp_path / "out")
+    assert caplog.records, "nothing was logged at DEBUG: the check would prove nothing"
+    assert TOKEN not in caplog.text and TOKEN not in repr(p)

@@ -266,3 +266,37 @@ def test_base_fetch_downloads_a_base_registered_by_hub_id(cli, lib, hub, tmp_pat
     folder = Path(rec["path"])
     assert (folder / "model.safetensors").is_file() and not (folder / "pytorch_model.bin").exists()
     assert str(tmp_path / "hf-home") in rec["path"]
+
+
+@pytest.mark.parametrize("hub", ["lfs"], indirect=True)
+def test_a_pull_broken_off_resumes_on_the_next_run(lib, hub, tmp_path, monkeypatch):  # noqa: F811
+    """A big adapter: huggingface_hub resumes with Range within a run, and the staged partial
+    file lets the next run continue where the last one stopped; the catalogue only changes at the end."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from adapterstudio.api import NetworkError
+    from adapterstudio.api.testing import write_adapter_folder
+    from adapterstudio.services import hub as hub_service
+
+    src = write_adapter_folder(tmp_path / "big")
+    rng = np.random.default_rng(0)
+    save_file({"base_model.model.layer.0.query.lora_A.weight": rng.standard_normal((6, 1_000_000)).astype("float32")},
+              str(src / "adapter_model.safetensors"))  # 24 MB: more than the client's 10 MB read chunk
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    lib.settings.hub_endpoint = hub.url
+    hub_service.get_provider(lib).push(src, f"{USER}/big")
+    hub.faults.drop_download = 100
+    with pytest.raises(NetworkError, match="connection failed"):
+        hub_service.pull_adapter(lib, f"{USER}/big")
+    assert lib.catalogue.find_adapter("big") is None
+    gets = [r for r in hub.requests if r["method"] == "GET" and r["path"].endswith(".safetensors")]
+    assert any(r["range"] for r in gets)  # resumed within the run
+    hub.faults.drop_download = 0
+    n = len(hub.requests)
+    res = hub_service.pull_adapter(lib, f"{USER}/big")
+    last = [r for r in hub.requests[n:] if r["method"] == "GET" and r["path"].endswith(".safetensors")]
+    assert len(last) == 1 and last[0]["range"] and last[0]["status"] == 206  # continued, not restarted
+    stored = Path(lib.catalogue.get_adapter(res["adapter"]).path) / "adapter_model.safetensors"
+    assert stored.read_bytes() == (src / "adapter_model.safetensors").read_bytes()
+    assert not (lib.root / "downloads").exists() or not any((lib.root / "downloads").iterdir())

@@ -8,7 +8,7 @@ token is never put into a message, a log line or a return value.
 
 Pulls download into a hidden ``.hf-download`` folder inside the destination, so a pull
 broken off by the network resumes where it stopped when it is run again with the same
-destination (``huggingface_hub`` also retries and resumes within one run); files become
+destination (``huggingface_hub``'s downloader also retries and resumes within one run); files become
 visible in the destination only once every one of them is verified against the Hub's
 SHA-256 (LFS) or git blob id (regular files).
 """
@@ -308,7 +308,7 @@ class HuggingFaceProvider:
             ctx.check_cancelled()
             ctx.progress(done, total, f"downloading {f.path}")
             with self._errors("download from", repo_id):
-                api.hf_hub_download(repo_id, f.path, revision=sha, local_dir=str(staging))
+                self._download(api, repo_id, sha, f, staging)
             done += f.size or 0
             self._verify(staging / f.path, f, repo_id, sha)
         ctx.progress(total, total, "verified")
@@ -318,6 +318,35 @@ class HuggingFaceProvider:
             os.replace(staging / f.path, target)
         shutil.rmtree(staging, ignore_errors=True)
         return PullResult(id=repo_id, revision=sha, folder=dest, files=take, skipped=skipped)
+
+    def _download(self, api: Any, repo_id: str, sha: str, f: RemoteFile, staging: Path) -> None:
+        """Download one file into *staging*, continuing a ``.part`` file a broken-off earlier run left.
+
+        Uses huggingface_hub's own HTTP download (``http_get``: Range requests, retries that
+        resume within a run); the ``.part`` file carries the resume across runs, which the
+        cache-based ``hf_hub_download`` does not.
+        """
+        target = staging / f.path
+        if target.is_file() and target.stat().st_size == f.size:
+            return  # finished by an earlier run; verified below
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            from huggingface_hub import hf_hub_url
+            from huggingface_hub.file_download import http_get
+            from huggingface_hub.utils import build_hf_headers
+        except ImportError:  # a huggingface_hub without these helpers: download whole files
+            api.hf_hub_download(repo_id, f.path, revision=sha, local_dir=str(staging))
+            return
+        part = target.with_name(target.name + ".part")
+        if part.exists() and f.size is not None and part.stat().st_size > f.size:
+            part.unlink()
+        url = hf_hub_url(repo_id, f.path, revision=sha, endpoint=self.endpoint)
+        headers = build_hf_headers(token=self.__token, library_name="adapterstudio")
+        with open(part, "ab") as fh:
+            http_get(url, fh, resume_size=fh.tell(), headers=headers, expected_size=f.size)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(part, target)
 
     def _verify(self, path: Path, f: RemoteFile, repo_id: str, sha: str) -> None:
         ok = path.is_file() and (f.size is None or path.stat().st_size == f.size)

@@ -129,6 +129,7 @@ class HubState:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.faults = Faults()
+        self.card_rules: list[str] = []  # extra card errors validate-yaml reports (a stricter Hub)
         self.requests: list[dict[str, Any]] = []  # method, path, range, status (never headers' secrets)
         self.lock = threading.RLock()
 
@@ -385,6 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
         for b in [bases] if isinstance(bases, str) else bases or []:
             if not isinstance(b, str) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", b) or b.startswith("."):
                 errors.append({"message": f'"base_model" with value "{b}" is not valid. Use a model id from the Hub.'})
+        errors += [{"message": rule} for rule in self.state.card_rules]
         if errors:
             self._send(400, {"error": errors[0]["message"], "errors": errors, "warnings": []})
         else:

@@ -300,3 +300,12 @@ def test_a_pull_broken_off_resumes_on_the_next_run(lib, hub, tmp_path, monkeypat
     stored = Path(lib.catalogue.get_adapter(res["adapter"]).path) / "adapter_model.safetensors"
     assert stored.read_bytes() == (src / "adapter_model.safetensors").read_bytes()
     assert not (lib.root / "downloads").exists() or not any((lib.root / "downloads").iterdir())
+
+
+@pytest.mark.parametrize("hub", ["regular"], indirect=True)
+def test_a_card_the_hub_rejects_stops_the_push_before_upload(cli, catalogue, hub, tmp_path):  # noqa: F811
+    hub.state.card_rules = ['"license" is required by this hub']
+    res = run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/strict")
+    assert res.returncode == 1 and "model card" in res.stderr and "license" in res.stderr
+    assert hub.repo(f"{USER}/strict") is None
+    assert not [r for r in hub.requests if r["path"].startswith("/api/repos/create")]

@@ -232,8 +232,8 @@ class Catalogue:
             raise AlreadyExists(f"A base model named {values['name']!r} is already in the catalogue; choose another name with --name.") from None
         return self.get_base(values["name"])
 
-    def update_base(self, name: str, **fields: Any) -> BaseRecord:
-        base = self.get_base(name)
+    def update_base(self, base_name: str, /, **fields: Any) -> BaseRecord:
+        base = self.get_base(base_name)
         sets, args = [], []
         for k, v in fields.items():
             if k not in self._BASE_COLS:
@@ -451,7 +451,8 @@ class Catalogue:
     def count_adapters(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM adapters").fetchone()[0]
 
-    def update_adapter(self, name: str, **fields: Any) -> AdapterRecord:
+    def update_adapter(self, adapter_name: str, /, **fields: Any) -> AdapterRecord:
+        name = adapter_name
         allowed = {"name", "notes", "base_id", "compatible", "compat_reason", "lineage", "run_id", "parent_id", "source_ref"}
         a = self.get_adapter(name, full=False)
         sets, args = [], []

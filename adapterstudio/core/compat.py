@@ -44,7 +44,9 @@ class ModuleIndex:
         for k in range(len(parts), 0, -1):
             hits = self._by_suffix.get(".".join(parts[-k:]))
             if hits:
-                return hits[0] if len(hits) == 1 or k >= 2 else None
+                # the longest matching suffix decides; if it is ambiguous the module
+                # is not in the base (e.g. layer 7 of an adapter for a deeper model)
+                return hits[0] if len(hits) == 1 and (k >= 2 or len(parts) == 1) else None
         return None
 
     def has_target(self, target: str) -> bool:

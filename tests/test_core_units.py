@@ -97,3 +97,14 @@ def test_settings_roundtrip_validation_and_versions(tmp_path, monkeypatch):
     assert settings_path() == tmp_path / "h" / "settings.json"
     assert Settings().resolved_library_dir() == (tmp_path / "h").resolve()
     assert Settings().resolved_library_dir(tmp_path / "x") == (tmp_path / "x").resolve()
+
+
+def test_head_only_adapter_with_peft_placeholder_target_fits():
+    cfg = AdapterConfig({"peft_type": "LORA", "r": 8, "target_modules": ["dummy-target-modules"],
+                         "modules_to_save": ["classifier"]})
+    from adapterstudio.core.safetensors_header import TensorInfo
+
+    tensors = {"base_model.model.classifier.weight": TensorInfo("F32", (2, 384)),
+               "base_model.model.classifier.bias": TensorInfo("F32", (2,))}
+    report = check_compatibility(cfg, tensors, {"encoder.layer.0.attention.self.query": [384, 384]}, {})
+    assert report.compatible, report.problems

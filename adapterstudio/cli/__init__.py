@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from adapterstudio import __version__
 
-COMMAND_MODULES = ["library", "hub"]
+COMMAND_MODULES = ["library", "doctor", "hub"]
 
 
 def build_parser() -> argparse.ArgumentParser:

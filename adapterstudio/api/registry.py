@@ -109,3 +109,8 @@ def check_provider(provider: Any) -> str:
 
 def format_traceback(exc: BaseException) -> str:  # pragma: no cover - debugging aid
     return "".join(traceback.format_exception(exc))
+
+
+def discover_providers(disabled: list[str] | tuple[str, ...] = ()) -> list[ProviderEntry]:
+    """All hub providers in the ``adapterstudio.hub_providers`` group (used by ``adapterstudio doctor``)."""
+    return discover(ENTRY_POINT_GROUP, disabled)

@@ -91,6 +91,10 @@ def test_login_push_search_pull_round_trip(cli, catalogue, hub, tmp_path):  # no
     res = run(cli, hub, tmp_path, "hub", "push", "pulled", "--repo", f"{USER}/minilm-sent-lora", "--json", token=None)
     again = ok_json(res)
     assert again["created"] is False and again["revision"] != pushed["revision"]
+    res = run(cli, hub, tmp_path, "hub", "pull", f"{USER}/minilm-sent-lora", "--revision", pushed["revision"],
+              "--name", "first", "--json", token=None)
+    assert ok_json(res)["revision"] == pushed["revision"]
+    assert lib.catalogue.get_adapter("first").source_ref.endswith("@" + pushed["revision"])
 
     # logout forgets the stored token
     ok_json(run(cli, hub, tmp_path, "hub", "logout", "--json", token=None))
@@ -244,6 +248,11 @@ def test_folder_provider_through_the_cli(cli, catalogue, tmp_path):
     a, b = catalogue.catalogue.get_adapter("sent-lora"), catalogue.catalogue.get_adapter("from-nas")
     assert (Path(a.path) / "adapter_model.safetensors").read_bytes() == (Path(b.path) / "adapter_model.safetensors").read_bytes()
     assert b.source == "hub:folder"
+    res = cli("hub", "delete", "team/sent-lora", "--provider", "folder", env=env)
+    assert res.returncode == 1 and "--yes" in res.stderr
+    assert cli("hub", "delete", "team/sent-lora", "--provider", "folder", "--yes", env=env).returncode == 0
+    res = cli("hub", "show", "team/sent-lora", "--provider", "folder", env=env)
+    assert res.returncode == 1 and "no adapter 'team/sent-lora'" in res.stderr
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)

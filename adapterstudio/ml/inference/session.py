@@ -1101,6 +1101,7 @@ class InferenceSession:
             worker.start()
             text = ""
             emitted = 0
+            finished = False
             try:
                 for piece in streamer:
                     text += piece
@@ -1115,13 +1116,14 @@ class InferenceSession:
                         self._stop.set()
                         break
                 else:
+                    finished = True
                     cut, _ = _cut_at_stop(text, p.stop)
                     if len(cut) > emitted:
                         yield cut[emitted:]
             finally:
                 self._stop.set()
-                for _ in streamer:  # drain so the worker can finish
-                    pass
+                if not finished:
+                    worker.join(timeout=600)  # the stop criterion ends it at the next token
                 worker.join()
                 self._stop.clear()
                 if self._mode[0] == "base":

@@ -80,6 +80,7 @@ def merge_to_folder(base_path: str | Path, adapters: list[tuple[str, str | Path,
         torch_dtype = resolve_dtype(dtype, torch.device("cpu"))
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
         try:
             model = cls.from_pretrained(str(base_path), dtype=torch_dtype, use_safetensors=True,
                                         trust_remote_code=False, **kwargs)
@@ -109,7 +110,10 @@ def merge_to_folder(base_path: str | Path, adapters: list[tuple[str, str | Path,
         merged = peft_model.base_model.merge_and_unload(adapter_names=names) if len(names) > 1 else \
             peft_model.merge_and_unload()
         ctx.progress(3, 4, "saving")
-        merged.save_pretrained(str(tmp), safe_serialization=True)
+        try:
+            merged.save_pretrained(str(tmp), safe_serialization=True)
+        finally:
+            transformers.utils.logging.enable_progress_bar()
         for f in TOKENIZER_FILES:
             if (base_path / f).is_file():
                 shutil.copy2(base_path / f, tmp / f)

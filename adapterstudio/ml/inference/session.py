@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from adapterstudio.core.errors import Incompatible, InvalidInput, NotFound
 from adapterstudio.ml.inference.weights import RawTensor, read_safetensors, read_st_header
 
 BASE = "__base__"
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 TASK_CLASSES = {
     "SEQ_CLS": "AutoModelForSequenceClassification",

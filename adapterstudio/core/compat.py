@@ -58,6 +58,10 @@ def _io(shape: list[int], fan_in_fan_out: bool) -> tuple[int, int]:
     return (inn, out) if fan_in_fan_out else (out, inn)
 
 
+# PEFT's marker for 'no injected layers' (used for head-only and partial-unfreezing adapters).
+DUMMY_TARGET = "dummy-target-modules"
+
+
 def check_compatibility(
     config: AdapterConfig,
     tensors: dict[str, TensorInfo] | None,
@@ -80,6 +84,8 @@ def check_compatibility(
 
     # Each named target must exist somewhere in the base (regex targets are checked via tensors).
     for target in config.target_modules:
+        if target == DUMMY_TARGET:
+            continue  # PEFT's placeholder: an adapter that only saves whole modules (a new head, unfrozen layers)
         if len(config.target_modules) == 1 and any(c in target for c in "*^$[]()|\\"):
             continue
         if not index.has_target(target):

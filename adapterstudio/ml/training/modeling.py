@@ -133,7 +133,9 @@ def apply_strategy(model: Any, spec: Any) -> tuple[Any, dict[str, Any]]:
         cfg = peft.LoraConfig(task_type=task_type, target_modules=DUMMY_TARGET_MODULES, modules_to_save=save)
     else:
         targets = spec.target_modules or None
-        common = dict(task_type=task_type, modules_to_save=(heads or None) if task_type is None else None)
+        common: dict[str, Any] = dict(task_type=task_type, modules_to_save=(heads or None) if task_type is None else None)
+        if not targets and heads:
+            common["exclude_modules"] = heads  # "all-linear" must not wrap the new head (it is saved whole)
         if spec.task == "image-cls":
             common["modules_to_save"] = heads
         try:
@@ -322,26 +324,26 @@ def _image_processor(base_path: str | None, config: Any):
     size = int(getattr(config, "image_size", 224) or 224)
     channels = int(getattr(config, "num_channels", 3) or 3)
 
-    def load(img: Any):
-        from PIL import Image
-
+    def to_tensor(img: Any):
         if isinstance(img, str):
-            im = Image.open(img).convert("RGB")
+            try:
+                from PIL import Image
+            except ImportError:
+                raise InvalidInput("Reading image files needs Pillow: pip install pillow.") from None
+            arr = np.asarray(Image.open(img).convert("RGB"), dtype=np.float32) / 255.0
         else:
             arr = np.asarray(img, dtype=np.float32)
-            if arr.ndim == 2:
-                arr = np.stack([arr] * 3, -1)
-            if arr.max() <= 1.0:
-                arr = arr * 255.0
-            im = Image.fromarray(arr.clip(0, 255).astype("uint8")).convert("RGB")
-        return im
+            if arr.max() > 1.0:
+                arr = arr / 255.0
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, -1)
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)  # C, H, W in [0, 1]
 
     def run(img: Any) -> list:
-        im = load(img)
+        x = to_tensor(img)
         if proc is not None:
-            return proc(images=im, return_tensors="pt")["pixel_values"][0].tolist()
-        im = im.resize((size, size))
-        x = torch.tensor(np.asarray(im), dtype=torch.float32).permute(2, 0, 1) / 255.0
+            return proc(images=x, return_tensors="pt", do_rescale=False)["pixel_values"][0].tolist()
+        x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False)[0]
         x = (x - 0.5) / 0.5
         return x[:channels].tolist()
 

@@ -195,7 +195,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
         resumed_from = ck.name
 
     higher = HIGHER_IS_BETTER.get(spec.metric, False)
-    events("start", world_size=world, device=str(device), precision=accelerator.mixed_precision, total_steps=total_steps,
+    events("start", pid=os.getpid(), world_size=world, device=str(device), precision=accelerator.mixed_precision, total_steps=total_steps,
            steps_per_epoch=steps_per_epoch, train_examples=len(train_ex), validation_examples=len(val_ex),
            test_examples=len(test_ex), trainable_params=info["trainable_params"], total_params=info["total_params"],
            batch_size=mb, grad_accum=ga, resumed_from=resumed_from, step=progress["step"], head_modules=info["head_modules"],

@@ -177,7 +177,8 @@ def run_job(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT) -> TrainOutc
         rc, info = _launch_and_watch(spec, run_dir, run.id, store, ctx)
         if rc == 0:
             break
-        if rc == EXIT_OOM and spec.batch_size and spec.batch_size > 1 and attempts < 8:
+        # accelerate's launcher turns the worker's exit code into 1: the events say what happened
+        if (rc == EXIT_OOM or info.get("oom")) and spec.batch_size and spec.batch_size > 1 and attempts < 8:
             new_bs, new_ga = spec.batch_size // 2, spec.grad_accum * 2
             msg = (f"out of memory at micro-batch {spec.batch_size}: retrying with micro-batch {new_bs} and gradient "
                    f"accumulation {new_ga} (same effective batch), from the last checkpoint")
@@ -214,7 +215,7 @@ def _failure(rc: int, info: dict[str, Any], ctx: TaskContext) -> tuple[str, str]
     if rc < 0 or rc in (128 + 9, 128 + 15, 137, 143):
         sig = -rc if rc < 0 else rc - 128
         return "interrupted", f"stopped: its process was killed (signal {sig}); it can resume from its last checkpoint"
-    if rc == EXIT_OOM:
+    if rc == EXIT_OOM or info.get("oom"):
         return "failed", "ran out of memory even with a micro-batch of 1; lower max_length or use lora"
     return "failed", f"failed (exit code {rc}); see {info.get('log')}"
 
@@ -344,6 +345,7 @@ def _handle_event(ev: dict[str, Any], run_id: str, store: RunStore, ctx: TaskCon
     elif kind == "error":
         info["error"] = ev.get("message")
     elif kind == "oom":
+        info["oom"] = True
         ctx.log(f"out of memory: {ev.get('message')}")
     elif kind == "cancelled":
         info["cancelled"] = True

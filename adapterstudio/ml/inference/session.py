@@ -556,7 +556,7 @@ class InferenceSession:
         self.stats["evictions"] += 1
         if peft_name in self._slots:
             slot = self._slots[peft_name]
-            if keep_host and name not in self._host:
+            if keep_host and self.max_host > 0 and name not in self._host:
                 h = _HostEntry("slot", layout=slot.layout)
                 for dt, b in slot.bufs.items():
                     hb = self._alloc_host((h.layout, dt), b.numel(), dt)
@@ -567,7 +567,7 @@ class InferenceSession:
                 self._host.move_to_end(name)
             slot.occupant = None
         else:
-            if keep_host and name not in self._host and self._peft is not None:
+            if keep_host and self.max_host > 0 and name not in self._host and self._peft is not None:
                 from peft import get_peft_model_state_dict
 
                 sd = get_peft_model_state_dict(self._peft, adapter_name=peft_name)
@@ -796,12 +796,15 @@ class InferenceSession:
             order = sorted(weights, key=lambda n: -abs(weights[n]))
             names = [self._resident[n] for n in order if n in self._resident]
         first = names[0] if names else next(iter(self._peft.peft_config))
+        active, disabled = (names if names else [first]), not names
         for layer in self._tuner_layers:
-            layer._active_adapter = names if names else [first]
-            layer._disable_adapters = not names
+            # plain attributes: write the instance dict directly (nn.Module.__setattr__ is slow)
+            d = layer.__dict__
+            d["_active_adapter"] = active
+            d["_disable_adapters"] = disabled
         for w in self._aux:
             n = next((s for s in names if s in w.modules_to_save), None) if hasattr(w, "modules_to_save") else None
-            w._active_adapter = [n] if n else []
+            w.__dict__["_active_adapter"] = [n] if n else []
         try:
             self._peft.base_model.active_adapter = first
         except AttributeError:

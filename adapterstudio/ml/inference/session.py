@@ -669,6 +669,8 @@ class InferenceSession:
                 b.copy_(h.bufs[dt], non_blocking=True)  # one copy per buffer
             self._host.move_to_end(e.name)
             self.stats["host_loads"] += 1
+            if self.device.type == "cuda":  # the pinned source may be recycled right after
+                torch.cuda.current_stream(self.device).synchronize()
         else:
             tensors = read_safetensors(e.weights, e.header) if h is None or h.kind != "slot" else None
             if tensors is None:
@@ -684,6 +686,7 @@ class InferenceSession:
                 _pack(host_views, tensors, slot.rank)
                 for dt, b in slot.bufs.items():
                     b.copy_(hb[dt], non_blocking=True)
+                torch.cuda.current_stream(self.device).synchronize()
                 self._put_host(e.name, _HostEntry("slot", layout=layout, bufs=hb))
             else:
                 _pack(slot.views, tensors, slot.rank)

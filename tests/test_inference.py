@@ -283,3 +283,47 @@ def test_compiled_swaps_do_not_recompile(llama):
     assert counters["stats"]["unique_graphs"] == frames
     with pytest.raises(InvalidInput):
         s.use_blend({"chat-a": 0.5, "chat-a2": 0.5})
+
+
+@pytest.mark.parametrize("kind", ["dora", "loha", "lokr", "prompt"])
+def test_other_peft_types_match_plain_peft(tmp_path, minilm_path, kind):
+    from peft import LoHaConfig, LoKrConfig, LoraConfig, PromptTuningConfig
+
+    from tests.inference_helpers import save_adapter
+
+    cfg = {"dora": LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "key"], use_dora=True),
+           "loha": LoHaConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]),
+           "lokr": LoKrConfig(task_type="SEQ_CLS", r=4, target_modules=["query"]),
+           "prompt": PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)}[kind]
+    path = save_adapter(minilm_path, tmp_path / kind, cfg, "SEQ_CLS", seed=7)
+    s = session(minilm_path, "SEQ_CLS", num_labels=2, max_resident=1)
+    entry = s.add_adapter(kind, path)
+    assert not entry.fast  # these go through PEFT's own loader
+    s.use(kind)
+    torch.testing.assert_close(s.logits(TEXTS), peft_logits(minilm_path, path, "SEQ_CLS", TEXTS),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_token_classification_adapter(tmp_path, minilm_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from tests.inference_helpers import _perturb
+
+    torch.manual_seed(0)
+    base = AutoModelForTokenClassification.from_pretrained(str(minilm_path), num_labels=3)
+    m = get_peft_model(base, LoraConfig(task_type="TOKEN_CLS", r=4, target_modules=["query", "value"]))
+    _perturb(m, 5)
+    m.save_pretrained(str(tmp_path / "ner"))
+    s = session(minilm_path, "TOKEN_CLS", num_labels=3)
+    s.add_adapter("ner", tmp_path / "ner", lineage={"labels": ["O", "PER", "LOC"], "task": "token-cls"})
+    s.use("ner")
+    ref_model = PeftModel.from_pretrained(
+        AutoModelForTokenClassification.from_pretrained(str(minilm_path), num_labels=3), str(tmp_path / "ner")).eval()
+    tok = AutoTokenizer.from_pretrained(str(minilm_path))
+    with torch.no_grad():
+        ref = ref_model(**tok(TEXTS, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(s.logits(TEXTS), ref, atol=1e-5, rtol=1e-4)
+    res = s.classify(TEXTS[:1])
+    assert res[0]["tokens"][0]["token"] == "[CLS]"
+    assert all(t["label"] in ("O", "PER", "LOC") for t in res[0]["tokens"])

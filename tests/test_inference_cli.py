@@ -153,6 +153,7 @@ def test_serve_openai_compatible_endpoint(catalogue, home):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_export_merged_loads_and_matches(catalogue, cli, home, tmp_path, built):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -189,6 +190,7 @@ def test_export_merged_blend_equals_session_blend(catalogue, tmp_path):
     inf.close()
 
 
+@pytest.mark.slow
 def test_export_gguf_is_readable_with_expected_tensors(catalogue, cli, tmp_path, built):
     import gguf
     from safetensors.torch import load_file

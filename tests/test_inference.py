@@ -327,3 +327,34 @@ def test_token_classification_adapter(tmp_path, minilm_path):
     res = s.classify(TEXTS[:1])
     assert res[0]["tokens"][0]["token"] == "[CLS]"
     assert all(t["label"] in ("O", "PER", "LOC") for t in res[0]["tokens"])
+
+
+def test_stop_ends_a_running_generation(llama):
+    import threading
+
+    base, adapters = llama
+    s = session(base, "CAUSAL_LM")
+    s.add_adapter("chat-a", adapters["chat-a"])
+    s.use("chat-a")
+    started = threading.Event()
+    out: list[str] = []
+
+    def run():
+        stream = s.generate("hello", max_new_tokens=5000, temperature=0, stream=True)
+        started.set()
+        out.append("".join(stream))
+
+    t = threading.Thread(target=run)
+    t.start()
+    started.wait(30)
+    t.join(0.3)
+    deadline = 120
+    while t.is_alive() and deadline > 0:  # from another thread, as the GUI's Stop button does
+        s.stop()
+        t.join(0.2)
+        deadline -= 0.2
+    assert not t.is_alive()
+    n_tokens = len(s.tokenizer(out[0], add_special_tokens=False)["input_ids"])
+    assert n_tokens < 5000
+    # the session is usable afterwards
+    assert isinstance(s.generate("hello", max_new_tokens=3, temperature=0), str)

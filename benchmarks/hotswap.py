@@ -10,7 +10,8 @@ by default, saved to a temp folder):
   on CPU the copy is a clone), as a ratio;
 * the naive way: load the base and ``PeftModel.from_pretrained`` per switch, as a ratio;
 * memory: host RSS and device memory after cycling 200 adapter names through a cache of
-  8 resident (+ 8 in host memory), against after the first 8;
+  8 resident (+ 8 in host memory), against after the first 8 and once the cache is full,
+  then after 200 more;
 * torch.compile: graphs compiled while swapping 20 times (resident and from disk) after
   the first compiled call (torch._dynamo counters), and the in-place swap time.
 
@@ -140,14 +141,23 @@ def main() -> int:
     sync()
     rss_after, dev_after = rss_mb(), dev_mem()
     info_after = s.cache_info()
+    for n in names:  # 200 more: does anything keep growing?
+        s.use(n)
+        s.logits(x)
+    gc.collect()
+    sync()
+    rss_400, dev_400 = rss_mb(), dev_mem()
     res["memory"] = {
         "resident_cache": 8, "host_cache": 8,
         "rss_mb_after_first_8": round(rss_8, 1), "rss_mb_when_full_16": round(rss_first, 1),
-        "rss_mb_after_200": round(rss_after, 1), "rss_growth_mb_after_full": round(rss_after - rss_first, 1),
+        "rss_mb_after_200": round(rss_after, 1), "rss_mb_after_400": round(rss_400, 1),
+        "rss_growth_mb_after_full": round(rss_after - rss_first, 1),
+        "rss_growth_mb_200_to_400": round(rss_400 - rss_after, 1), "device_bytes_after_400": dev_400,
         "device_bytes_after_first_8": dev_8, "device_bytes_when_full": dev_first, "device_bytes_after_200": dev_after,
         "cache_bytes_after_first_8": info_8["slot_bytes"] + info_8["host_bytes"],
         "cache_bytes_when_full": info_first["slot_bytes"] + info_first["host_bytes"],
         "cache_bytes_after_200": info_after["slot_bytes"] + info_after["host_bytes"],
+        "cache_bytes_after_400": s.cache_info()["slot_bytes"] + s.cache_info()["host_bytes"],
         "peft_adapters_in_model": len(s.peft_model.peft_config),
     }
 

@@ -57,7 +57,6 @@ TASK_CLASSES = {
 LINEAGE_TASKS = {"seq-cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal-lm": "CAUSAL_LM",
                  "token-cls": "TOKEN_CLS", "image-cls": "IMAGE_CLS"}
 PROMPT_LEARNING = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"}
-HEAD_SUFFIXES = ("classifier.out_proj.weight", "classifier.weight", "score.weight", "classifier.dense.weight")
 
 
 # -- device and dtype --------------------------------------------------------------------
@@ -186,8 +185,8 @@ def _fast_eligible(e: AdapterEntry) -> tuple[bool, str]:
         return False, f"{e.peft_type} adapters load through PEFT"
     if c.get("use_dora") or c.get("lora_bias") or c.get("target_parameters") or c.get("layer_replication"):
         return False, "DoRA, LoRA bias, target_parameters and layer replication load through PEFT"
-    if c.get("use_qalora") or (c.get("init_lora_weights") in ("eva", "corda")) and False:
-        return False, "variant loads through PEFT"
+    if c.get("use_qalora") or c.get("use_bdlora") or c.get("alora_invocation_tokens"):
+        return False, "this LoRA variant loads through PEFT"
     a_keys = {k[: -len(".lora_A.weight")] for k in e.header if k.endswith(".lora_A.weight")}
     b_keys = {k[: -len(".lora_B.weight")] for k in e.header if k.endswith(".lora_B.weight")}
     if not a_keys or a_keys != b_keys:
@@ -449,8 +448,7 @@ class InferenceSession:
             return
         for name in list(self._resident):
             self._evict(name, keep_host=True, delete=False)
-        root = self.model
-        for mod_name, module in list(root.named_modules()):
+        for _mod_name, module in list(self.model.named_modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, AuxiliaryTrainingWrapper):
                     setattr(module, child_name, child.original_module)

@@ -223,8 +223,11 @@ def test_generation_matches_peft_streams_and_stops(llama):
     assert "".join(pieces) == text and pieces
     stop = text[3:5]
     assert stop and text.find(stop) >= 0
+    assert s.last_generation["completion_tokens"] == ids.shape[1] - enc["input_ids"].shape[1]
+    assert s.last_generation["finish_reason"] == ("length" if s.last_generation["completion_tokens"] == 12 else "stop")
     cut = s.generate("hello", max_new_tokens=12, temperature=0, stop=[stop])
     assert cut == text[: text.find(stop)]
+    assert s.last_generation["finish_reason"] == "stop"
     a = s.generate("hello", max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
     assert a == s.generate("hello", max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
 

@@ -122,6 +122,8 @@ def test_serve_openai_compatible_endpoint(catalogue, home):
         assert code == 200, raw
         first = json.loads(raw)
         assert first["object"] == "chat.completion" and first["choices"][0]["message"]["role"] == "assistant"
+        assert first["usage"]["completion_tokens"] <= 6 and first["usage"]["prompt_tokens"] > 0
+        assert first["choices"][0]["finish_reason"] == ("length" if first["usage"]["completion_tokens"] == 6 else "stop")
         # a different adapter, then back: hot-swapped per request, same answer as before
         code, other = _post(url + "/chat/completions", {**body, "model": "tiny:chat-ia3"})
         assert code == 200
@@ -135,7 +137,7 @@ def test_serve_openai_compatible_endpoint(catalogue, home):
         assert events[-1] == "[DONE]"
         chunks = [json.loads(e) for e in events[:-1]]
         assert all(c["object"] == "text_completion" for c in chunks)
-        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
         code, plain = _post(url + "/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 5,
                                                    "temperature": 0})
         assert "".join(c["choices"][0]["text"] for c in chunks) == json.loads(plain)["choices"][0]["text"]

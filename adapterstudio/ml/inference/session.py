@@ -263,9 +263,13 @@ class _StopOnEvent:
 
     def __init__(self, event: threading.Event, tokenizer: Any, prompt_len: int, stops: Sequence[str]) -> None:
         self.event, self.tok, self.prompt_len, self.stops = event, tokenizer, prompt_len, [s for s in stops if s]
+        self.generated = 0
+        self.last_token: int | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        self.generated = int(input_ids.shape[1]) - self.prompt_len
+        self.last_token = int(input_ids[0, -1])
         if self.event.is_set():
             return done | True
         if self.stops:
@@ -328,6 +332,7 @@ class InferenceSession:
         self._live_scal: torch.Tensor | None = None
         self._host_pool: dict[tuple, list[torch.Tensor]] = {}
         self.stats = {"disk_loads": 0, "host_loads": 0, "evictions": 0, "switches": 0}
+        self.last_generation: dict[str, Any] = {}  # prompt/completion token counts, finish_reason
         self._load_base(task, num_labels, ctx)
 
     # -- loading the base -------------------------------------------------------------
@@ -1108,6 +1113,7 @@ class InferenceSession:
             text = ""
             emitted = 0
             finished = False
+            stopped_by_string = False
             try:
                 for piece in streamer:
                     text += piece
@@ -1119,6 +1125,7 @@ class InferenceSession:
                         yield cut[emitted:safe]
                         emitted = safe
                     if hit:
+                        stopped_by_string = True
                         self._stop.set()
                         break
                 else:
@@ -1134,6 +1141,12 @@ class InferenceSession:
                 self._stop.clear()
                 if self._mode[0] == "base":
                     self._apply_mode()
+            eos = kw.get("eos_token_id")
+            self.last_generation = {
+                "prompt_tokens": plen, "completion_tokens": stopper.generated,
+                "finish_reason": ("stop" if stopped_by_string or stopper.last_token == eos
+                                  else "length" if stopper.generated >= kw["max_new_tokens"] else "stop"),
+            }
             if error and not isinstance(error[0], (KeyboardInterrupt,)):
                 exc = error[0]
                 if isinstance(exc, (ValueError, TypeError)):

@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from adapterstudio.core.errors import Incompatible  # noqa: E402
+from adapterstudio.core.errors import Incompatible, InvalidInput  # noqa: E402
 from tests.inference_helpers import llama_adapters, minilm_adapters, tiny_llama  # noqa: E402
 
 
@@ -225,3 +225,18 @@ def test_export_gguf_is_readable_with_expected_tensors(catalogue, cli, tmp_path,
     assert f"ADAPTER ./{Path(info['gguf']).name}" in modelfile and "FROM " in modelfile
     r = cli("export", "sentiment", "--gguf", str(tmp_path / "g2"))
     assert r.returncode == 1 and "GGUF LoRA export supports" in r.stderr and not (tmp_path / "g2").exists()
+
+
+def test_service_compare_generation_across_adapters(catalogue):
+    from adapterstudio.services.inference import open_inference
+
+    inf = open_inference(catalogue, "tiny", device="cpu")
+    out = inf.compare("hello", ["chat-a", "chat-ia3", None], max_new_tokens=5, temperature=0)
+    assert list(out) == ["chat-a", "chat-ia3", "base"]
+    inf.use("chat-ia3")
+    assert inf.generate("hello", max_new_tokens=5, temperature=0) == out["chat-ia3"]
+    inf.use(None)
+    assert inf.generate("hello", max_new_tokens=5, temperature=0) == out["base"]
+    with pytest.raises(InvalidInput, match="Unknown generation setting"):
+        inf.generate("hello", max_tokens=5)
+    inf.close()

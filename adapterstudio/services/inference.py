@@ -213,10 +213,12 @@ class Inference:
             sess = self._session_with(adapters)
             keys = [a or "base" for a in adapters]
             if sess.task == "CAUSAL_LM":
+                from adapterstudio.ml.inference import GenerationParams
+
                 outs = []
                 for a in adapters:
                     sess.use(a)
-                    outs.append(self.generate(prompt, **params))
+                    outs.append(sess.generate(prompt, _params(GenerationParams, params)))
                 self._current = sess
                 return dict(zip(keys, outs))
             texts = [prompt] * len(adapters) if isinstance(prompt, str) else prompt

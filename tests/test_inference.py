@@ -223,8 +223,11 @@ def test_generation_matches_peft_streams_and_stops(llama):
     assert "".join(pieces) == text and pieces
     stop = text[3:5]
     assert stop and text.find(stop) >= 0
+    assert s.last_generation["completion_tokens"] == ids.shape[1] - enc["input_ids"].shape[1]
+    assert s.last_generation["finish_reason"] == ("length" if s.last_generation["completion_tokens"] == 12 else "stop")
     cut = s.generate("hello", max_new_tokens=12, temperature=0, stop=[stop])
     assert cut == text[: text.find(stop)]
+    assert s.last_generation["finish_reason"] == "stop"
     a = s.generate("hello", max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
     assert a == s.generate("hello", max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
 
@@ -283,3 +286,78 @@ def test_compiled_swaps_do_not_recompile(llama):
     assert counters["stats"]["unique_graphs"] == frames
     with pytest.raises(InvalidInput):
         s.use_blend({"chat-a": 0.5, "chat-a2": 0.5})
+
+
+@pytest.mark.parametrize("kind", ["dora", "loha", "lokr", "prompt"])
+def test_other_peft_types_match_plain_peft(tmp_path, minilm_path, kind):
+    from peft import LoHaConfig, LoKrConfig, LoraConfig, PromptTuningConfig
+
+    from tests.inference_helpers import save_adapter
+
+    cfg = {"dora": LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "key"], use_dora=True),
+           "loha": LoHaConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]),
+           "lokr": LoKrConfig(task_type="SEQ_CLS", r=4, target_modules=["query"]),
+           "prompt": PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)}[kind]
+    path = save_adapter(minilm_path, tmp_path / kind, cfg, "SEQ_CLS", seed=7)
+    s = session(minilm_path, "SEQ_CLS", num_labels=2, max_resident=1)
+    entry = s.add_adapter(kind, path)
+    assert not entry.fast  # these go through PEFT's own loader
+    s.use(kind)
+    torch.testing.assert_close(s.logits(TEXTS), peft_logits(minilm_path, path, "SEQ_CLS", TEXTS),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_token_classification_adapter(tmp_path, minilm_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from tests.inference_helpers import _perturb
+
+    torch.manual_seed(0)
+    base = AutoModelForTokenClassification.from_pretrained(str(minilm_path), num_labels=3)
+    m = get_peft_model(base, LoraConfig(task_type="TOKEN_CLS", r=4, target_modules=["query", "value"]))
+    _perturb(m, 5)
+    m.save_pretrained(str(tmp_path / "ner"))
+    s = session(minilm_path, "TOKEN_CLS", num_labels=3)
+    s.add_adapter("ner", tmp_path / "ner", lineage={"labels": ["O", "PER", "LOC"], "task": "token-cls"})
+    s.use("ner")
+    ref_model = PeftModel.from_pretrained(
+        AutoModelForTokenClassification.from_pretrained(str(minilm_path), num_labels=3), str(tmp_path / "ner")).eval()
+    tok = AutoTokenizer.from_pretrained(str(minilm_path))
+    with torch.no_grad():
+        ref = ref_model(**tok(TEXTS, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(s.logits(TEXTS), ref, atol=1e-5, rtol=1e-4)
+    res = s.classify(TEXTS[:1])
+    assert res[0]["tokens"][0]["token"] == "[CLS]"
+    assert all(t["label"] in ("O", "PER", "LOC") for t in res[0]["tokens"])
+
+
+def test_stop_ends_a_running_generation(llama):
+    import threading
+
+    base, adapters = llama
+    s = session(base, "CAUSAL_LM")
+    s.add_adapter("chat-a", adapters["chat-a"])
+    s.use("chat-a")
+    started = threading.Event()
+    out: list[str] = []
+
+    def run():
+        stream = s.generate("hello", max_new_tokens=5000, temperature=0, stream=True)
+        started.set()
+        out.append("".join(stream))
+
+    t = threading.Thread(target=run)
+    t.start()
+    started.wait(30)
+    t.join(0.3)
+    deadline = 120
+    while t.is_alive() and deadline > 0:  # from another thread, as the GUI's Stop button does
+        s.stop()
+        t.join(0.2)
+        deadline -= 0.2
+    assert not t.is_alive()
+    n_tokens = len(s.tokenizer(out[0], add_special_tokens=False)["input_ids"])
+    assert n_tokens < 5000
+    # the session is usable afterwards
+    assert isinstance(s.generate("hello", max_new_tokens=3, temperature=0), str)

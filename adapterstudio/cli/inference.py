@@ -291,14 +291,13 @@ def _make_handler(lib: Any, inf: Any, base: str):
                 inf.use(adapter or None) if sep else inf.use(None)
                 if inf.active.task != "CAUSAL_LM":
                     raise InvalidInput(f"{model} is not a text-generation model ({inf.active.task}).")
-                tok = inf.active.tokenizer
                 if req.get("stream"):
                     self._stream(prompt, params, chat, rid, created, model)
                     return
                 text = inf.generate(prompt, **params)
-                n_prompt = _count(tok, prompt, inf)
-                n_out = len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
-            finish = "length" if n_out >= params["max_new_tokens"] else "stop"
+                last = dict(inf.active.last_generation)
+            n_prompt, n_out = int(last.get("prompt_tokens", 0)), int(last.get("completion_tokens", 0))
+            finish = last.get("finish_reason", "stop")
             usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
@@ -334,8 +333,9 @@ def _make_handler(lib: Any, inf: Any, base: str):
                 inf.stop()
                 stream.close()
                 return
-            send({"index": 0, "delta": {}, "finish_reason": "stop"} if chat else
-                 {"index": 0, "text": "", "finish_reason": "stop", "logprobs": None})
+            finish = inf.active.last_generation.get("finish_reason", "stop")
+            send({"index": 0, "delta": {}, "finish_reason": finish} if chat else
+                 {"index": 0, "text": "", "finish_reason": finish, "logprobs": None})
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 
@@ -349,7 +349,3 @@ def _content(c: Any) -> str:
         return "".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
     return "" if c is None else str(c)
 
-
-def _count(tok: Any, prompt: Any, inf: Any) -> int:
-    text = inf.active.format_chat(prompt) if isinstance(prompt, list) else prompt
-    return len(tok(text, add_special_tokens=not isinstance(prompt, list))["input_ids"])

@@ -197,8 +197,7 @@ class Inference:
         """Text from a prompt or chat messages (the adapter's recorded chat template)."""
         from adapterstudio.ml.inference import GenerationParams
 
-        p = GenerationParams(**{k: v for k, v in params.items() if v is not None})
-        return self.active.generate(prompt, p, stream=stream)
+        return self.active.generate(prompt, _params(GenerationParams, params), stream=stream)
 
     def generate_batch(self, prompts: Sequence[str | list[dict[str, str]]], adapters: Sequence[str | None],
                        **params: Any) -> list[str]:
@@ -206,7 +205,7 @@ class Inference:
 
         with self._lock:
             sess = self._session_with(adapters)
-            return sess.generate_batch(prompts, adapters, GenerationParams(**params))
+            return sess.generate_batch(prompts, adapters, _params(GenerationParams, params))
 
     def compare(self, prompt: str | list[dict[str, str]], adapters: Sequence[str | None], **params: Any) -> dict[str, Any]:
         """The same prompt through several adapters (``None``: base); one batch when they are one family."""
@@ -214,10 +213,12 @@ class Inference:
             sess = self._session_with(adapters)
             keys = [a or "base" for a in adapters]
             if sess.task == "CAUSAL_LM":
+                from adapterstudio.ml.inference import GenerationParams
+
                 outs = []
                 for a in adapters:
                     sess.use(a)
-                    outs.append(self.generate(prompt, **params))
+                    outs.append(sess.generate(prompt, _params(GenerationParams, params)))
                 self._current = sess
                 return dict(zip(keys, outs))
             texts = [prompt] * len(adapters) if isinstance(prompt, str) else prompt
@@ -243,6 +244,14 @@ class Inference:
                 s.close()
             self._sessions.clear()
             self._current = None
+
+
+def _params(cls: Any, params: dict[str, Any]) -> Any:
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidInput(f"Unknown generation setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+    return cls(**{k: v for k, v in params.items() if v is not None})
 
 
 def open_inference(lib: Library, base: str, *, device: str | None = None, precision: str | None = None,

@@ -57,7 +57,6 @@ TASK_CLASSES = {
 LINEAGE_TASKS = {"seq-cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal-lm": "CAUSAL_LM",
                  "token-cls": "TOKEN_CLS", "image-cls": "IMAGE_CLS"}
 PROMPT_LEARNING = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"}
-HEAD_SUFFIXES = ("classifier.out_proj.weight", "classifier.weight", "score.weight", "classifier.dense.weight")
 
 
 # -- device and dtype --------------------------------------------------------------------
@@ -186,8 +185,8 @@ def _fast_eligible(e: AdapterEntry) -> tuple[bool, str]:
         return False, f"{e.peft_type} adapters load through PEFT"
     if c.get("use_dora") or c.get("lora_bias") or c.get("target_parameters") or c.get("layer_replication"):
         return False, "DoRA, LoRA bias, target_parameters and layer replication load through PEFT"
-    if c.get("use_qalora") or (c.get("init_lora_weights") in ("eva", "corda")) and False:
-        return False, "variant loads through PEFT"
+    if c.get("use_qalora") or c.get("use_bdlora") or c.get("alora_invocation_tokens"):
+        return False, "this LoRA variant loads through PEFT"
     a_keys = {k[: -len(".lora_A.weight")] for k in e.header if k.endswith(".lora_A.weight")}
     b_keys = {k[: -len(".lora_B.weight")] for k in e.header if k.endswith(".lora_B.weight")}
     if not a_keys or a_keys != b_keys:
@@ -264,9 +263,13 @@ class _StopOnEvent:
 
     def __init__(self, event: threading.Event, tokenizer: Any, prompt_len: int, stops: Sequence[str]) -> None:
         self.event, self.tok, self.prompt_len, self.stops = event, tokenizer, prompt_len, [s for s in stops if s]
+        self.generated = 0
+        self.last_token: int | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        self.generated = int(input_ids.shape[1]) - self.prompt_len
+        self.last_token = int(input_ids[0, -1])
         if self.event.is_set():
             return done | True
         if self.stops:
@@ -329,6 +332,7 @@ class InferenceSession:
         self._live_scal: torch.Tensor | None = None
         self._host_pool: dict[tuple, list[torch.Tensor]] = {}
         self.stats = {"disk_loads": 0, "host_loads": 0, "evictions": 0, "switches": 0}
+        self.last_generation: dict[str, Any] = {}  # prompt/completion token counts, finish_reason
         self._load_base(task, num_labels, ctx)
 
     # -- loading the base -------------------------------------------------------------
@@ -449,8 +453,7 @@ class InferenceSession:
             return
         for name in list(self._resident):
             self._evict(name, keep_host=True, delete=False)
-        root = self.model
-        for mod_name, module in list(root.named_modules()):
+        for _mod_name, module in list(self.model.named_modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, AuxiliaryTrainingWrapper):
                     setattr(module, child_name, child.original_module)
@@ -556,7 +559,7 @@ class InferenceSession:
         self.stats["evictions"] += 1
         if peft_name in self._slots:
             slot = self._slots[peft_name]
-            if keep_host and name not in self._host:
+            if keep_host and self.max_host > 0 and name not in self._host:
                 h = _HostEntry("slot", layout=slot.layout)
                 for dt, b in slot.bufs.items():
                     hb = self._alloc_host((h.layout, dt), b.numel(), dt)
@@ -567,7 +570,7 @@ class InferenceSession:
                 self._host.move_to_end(name)
             slot.occupant = None
         else:
-            if keep_host and name not in self._host and self._peft is not None:
+            if keep_host and self.max_host > 0 and name not in self._host and self._peft is not None:
                 from peft import get_peft_model_state_dict
 
                 sd = get_peft_model_state_dict(self._peft, adapter_name=peft_name)
@@ -669,6 +672,8 @@ class InferenceSession:
                 b.copy_(h.bufs[dt], non_blocking=True)  # one copy per buffer
             self._host.move_to_end(e.name)
             self.stats["host_loads"] += 1
+            if self.device.type == "cuda":  # the pinned source may be recycled right after
+                torch.cuda.current_stream(self.device).synchronize()
         else:
             tensors = read_safetensors(e.weights, e.header) if h is None or h.kind != "slot" else None
             if tensors is None:
@@ -684,6 +689,7 @@ class InferenceSession:
                 _pack(host_views, tensors, slot.rank)
                 for dt, b in slot.bufs.items():
                     b.copy_(hb[dt], non_blocking=True)
+                torch.cuda.current_stream(self.device).synchronize()
                 self._put_host(e.name, _HostEntry("slot", layout=layout, bufs=hb))
             else:
                 _pack(slot.views, tensors, slot.rank)
@@ -796,12 +802,15 @@ class InferenceSession:
             order = sorted(weights, key=lambda n: -abs(weights[n]))
             names = [self._resident[n] for n in order if n in self._resident]
         first = names[0] if names else next(iter(self._peft.peft_config))
+        active, disabled = (names if names else [first]), not names
         for layer in self._tuner_layers:
-            layer._active_adapter = names if names else [first]
-            layer._disable_adapters = not names
+            # plain attributes: write the instance dict directly (nn.Module.__setattr__ is slow)
+            d = layer.__dict__
+            d["_active_adapter"] = active
+            d["_disable_adapters"] = disabled
         for w in self._aux:
             n = next((s for s in names if s in w.modules_to_save), None) if hasattr(w, "modules_to_save") else None
-            w._active_adapter = [n] if n else []
+            w.__dict__["_active_adapter"] = [n] if n else []
         try:
             self._peft.base_model.active_adapter = first
         except AttributeError:
@@ -1104,6 +1113,7 @@ class InferenceSession:
             text = ""
             emitted = 0
             finished = False
+            stopped_by_string = False
             try:
                 for piece in streamer:
                     text += piece
@@ -1115,6 +1125,7 @@ class InferenceSession:
                         yield cut[emitted:safe]
                         emitted = safe
                     if hit:
+                        stopped_by_string = True
                         self._stop.set()
                         break
                 else:
@@ -1130,6 +1141,12 @@ class InferenceSession:
                 self._stop.clear()
                 if self._mode[0] == "base":
                     self._apply_mode()
+            eos = kw.get("eos_token_id")
+            self.last_generation = {
+                "prompt_tokens": plen, "completion_tokens": stopper.generated,
+                "finish_reason": ("stop" if stopped_by_string or stopper.last_token == eos
+                                  else "length" if stopper.generated >= kw["max_new_tokens"] else "stop"),
+            }
             if error and not isinstance(error[0], (KeyboardInterrupt,)):
                 exc = error[0]
                 if isinstance(exc, (ValueError, TypeError)):

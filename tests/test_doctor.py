@@ -38,3 +38,19 @@ def test_token_never_printed(cli, home, monkeypatch):
     secret = "hf_SECRETSECRETSECRET1234"
     r = cli("doctor", "--no-torch", env={"HF_TOKEN": secret})
     assert secret not in r.stdout + r.stderr and "token configured" in r.stdout
+
+
+def test_doctor_in_the_frozen_app_gives_advice_that_fits_it(home, monkeypatch):
+    """In the PyInstaller app there is no pip: advice must not tell the user to pip install."""
+    import sys
+
+    from adapterstudio.services import doctor
+
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(doctor, "_gui_version", lambda: None)  # as in a build made without the gui extra
+    checks = {c.name: c for c in doctor.run_checks(include_torch=False)}
+    assert checks["python"].detail.endswith("(bundled in the application)")
+    assert checks["gui"].status == doctor.WARN
+    assert "pip" not in checks["gui"].advice and "build_app.sh" in checks["gui"].advice
+    monkeypatch.setattr(sys, "frozen", False)
+    assert "pip install" in {c.name: c for c in doctor.check_libraries()}["gui"].advice

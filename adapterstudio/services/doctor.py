@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import shutil
@@ -37,9 +38,26 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def is_frozen() -> bool:
+    """True in the one-folder application built by PyInstaller (no pip, no separate python)."""
+    return bool(getattr(sys, "frozen", False))
+
+
+def _gui_version() -> str | None:
+    """PySide6's version, from its metadata or (in a frozen app, which may lack it) the module."""
+    v = _version("PySide6-Essentials") or _version("PySide6")
+    if v or importlib.util.find_spec("PySide6") is None:
+        return v
+    try:
+        return str(importlib.import_module("PySide6").__version__)
+    except Exception:  # noqa: BLE001 - a broken Qt install reads as absent
+        return None
+
+
 def check_python() -> Check:
     v = sys.version_info
-    detail = f"Python {platform.python_version()} ({sys.executable})"
+    where = "bundled in the application" if is_frozen() else sys.executable
+    detail = f"Python {platform.python_version()} ({where})"
     if v < (3, 11):
         return Check("python", ERROR, detail, "AdapterStudio needs Python 3.11 or newer.")
     return Check("python", OK, detail)
@@ -65,10 +83,14 @@ def check_torch() -> list[Check]:
         out.append(Check("accelerator", OK, "Apple MPS is available"))
     else:
         cuda_build = torch.version.cuda is not None
-        advice = ("This torch is a CUDA build but no GPU is visible: check the NVIDIA driver (nvidia-smi)."
-                  if cuda_build else
-                  "Training and inference will run on the CPU. For an NVIDIA GPU install a CUDA build of torch, e.g. "
-                  "pip install torch --index-url https://download.pytorch.org/whl/cu124")
+        if cuda_build:
+            advice = "This torch is a CUDA build but no GPU is visible: check the NVIDIA driver (nvidia-smi)."
+        elif is_frozen():
+            advice = ("Training and inference will run on the CPU. This application was built with a CPU-only torch; "
+                      "for an NVIDIA GPU use a CUDA build of AdapterStudio (packaging/README.md).")
+        else:
+            advice = ("Training and inference will run on the CPU. For an NVIDIA GPU install a CUDA build of torch, "
+                      "e.g. pip install torch --index-url https://download.pytorch.org/whl/cu124")
         out.append(Check("accelerator", WARN, "no GPU available (CPU only)", advice))
     return out
 
@@ -82,9 +104,12 @@ def check_libraries() -> list[Check]:
             out.append(Check(dist, ERROR, f"{dist} is not installed", f"pip install '{dist}>={need}'"))
         else:
             out.append(Check(dist, OK, f"{dist} {v}"))
-    gui = _version("PySide6-Essentials") or _version("PySide6")
+    gui = _gui_version()
+    advice = ("This application was built without the GUI: rebuild it with packaging/build_app.sh "
+              "(which installs the gui extra)." if is_frozen() else
+              "The desktop app needs: pip install 'adapterstudio[gui]'")
     out.append(Check("gui", OK if gui else WARN, f"PySide6 {gui}" if gui else "PySide6 is not installed",
-                     "" if gui else "The desktop app needs: pip install 'adapterstudio[gui]'"))
+                     "" if gui else advice))
     return out
 
 

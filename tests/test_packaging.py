@@ -10,6 +10,7 @@ built and smoke-checked by packaging/build_app.sh (too slow for CI).
 from __future__ import annotations
 
 import configparser
+import os
 import email.parser
 import subprocess
 import sys
@@ -127,3 +128,18 @@ def test_sdist_carries_sources_tests_installers_and_plugins(tmp_path):
     assert not missing, f"files missing from the sdist: {missing}"
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith("plugins/") and ".egg-info" in n]
+
+
+def test_frozen_application_smoke_checks():
+    """The PyInstaller app (built by packaging/build_app.sh, minutes: not in CI).
+
+    Set ADAPTERSTUDIO_FROZEN_DIST to the folder holding AdapterStudio/ to run the smoke
+    checks (version, doctor, script.py and -m child processes through a 2-step training,
+    the window under Xvfb) against an existing build.
+    """
+    dist = os.environ.get("ADAPTERSTUDIO_FROZEN_DIST")
+    if not dist:
+        pytest.skip("set ADAPTERSTUDIO_FROZEN_DIST to a PyInstaller build (packaging/build_app.sh)")
+    r = subprocess.run(["bash", str(REPO / "packaging" / "build_app.sh")], capture_output=True, text=True,
+                       env={**os.environ, "SKIP_BUILD": "1", "DIST": dist}, timeout=900)
+    assert r.returncode == 0 and "all smoke checks passed" in r.stdout, r.stdout[-4000:] + r.stderr[-4000:]

@@ -71,6 +71,11 @@ echo "== training in child processes (-m accelerate.commands.launch, -m worker)"
 "$APP" adapter list --json | python3 -c \
     "import json,sys; a=json.load(sys.stdin); assert any(x['name']=='smoke-lora' for x in a), a; print('adapter in catalogue')"
 
+echo "== two training processes (torchrun starts workers as 'python -u -m ...'; DDP over gloo)"
+"$APP" train --base tiny --data "$CHECK/data.csv" --max-steps 2 --cpu --num-processes 2 --name smoke-ddp
+"$APP" adapter list --json | python3 -c \
+    "import json,sys; a=json.load(sys.stdin); assert any(x['name']=='smoke-ddp' for x in a), a; print('adapter in catalogue')"
+
 echo "== window"
 if [ -d "$DIST/AdapterStudio/_internal/PySide6" ] && command -v xvfb-run > /dev/null; then
     QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1280x800x24" bash -c '

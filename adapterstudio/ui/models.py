@@ -384,6 +384,9 @@ class AdapterFilterProxy(QSortFilterProxyModel):
 
     def set_filters(self, *, text: str | None = None, base: str | None = None, task: str | None = None,
                     peft_type: str | None = None, tag: str | None = None) -> None:
+        staged = hasattr(self, "beginFilterChange")  # Qt >= 6.9; invalidateFilter() is deprecated there
+        if staged:
+            self.beginFilterChange()
         if text is not None:
             self.text = text.strip().lower()
         if base is not None:
@@ -394,7 +397,10 @@ class AdapterFilterProxy(QSortFilterProxyModel):
             self.peft_type = peft_type
         if tag is not None:
             self.tag = tag
-        self.invalidateFilter()
+        if staged:
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.invalidateFilter()
 
     def _adapter_filters(self) -> bool:
         return bool(self.base or self.task or self.peft_type or self.tag)

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 
 from adapterstudio.core.context import Context
 from adapterstudio.core.errors import Cancelled
@@ -71,20 +71,28 @@ class WorkerContext(Context):
 class Worker(QRunnable):
     """One call of ``fn(ctx, *args, **kwargs)`` on a pool thread."""
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, name: str = "", pool: str = IO, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[..., Any], *args: Any, label: str = "", pool: str = IO, **kwargs: Any) -> None:
         super().__init__()
         self.setAutoDelete(False)  # the Runner keeps the Python object alive until finished
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.name = name or getattr(fn, "__name__", "task")
+        self.name = label or getattr(fn, "__name__", "task")  # shown in the status bar
         self.pool = pool
         self.signals = WorkerSignals()
         self.ctx = WorkerContext(self.signals)
         self.traceback = ""
         self.state = "queued"  # queued | running | done | failed | cancelled
         self.last_progress: tuple[float, float | None, str] = (0.0, None, "")
+        self.value: Any = None  # the result, once done
+        self.exception: BaseException | None = None  # the error, once failed
+        self.delivered = False  # True once 'finished' reached the GUI thread (all earlier signals did too)
         self.signals.progress.connect(self._remember_progress)
+        self.signals.finished.connect(self._mark_delivered)
+
+    @Slot()
+    def _mark_delivered(self) -> None:
+        self.delivered = True
 
     @Slot(float, object, str)
     def _remember_progress(self, done: float, total: float | None, message: str) -> None:
@@ -115,12 +123,14 @@ class Worker(QRunnable):
         except BaseException as exc:  # noqa: BLE001 - every failure is reported, never swallowed
             self.traceback = traceback.format_exc()
             self.state = "failed"
+            self.exception = exc
             try:
                 exc.__adapterstudio_traceback__ = self.traceback  # type: ignore[attr-defined]
             except AttributeError:
                 pass
             sig.error.emit(exc)
         else:
+            self.value = value
             self.state = "done"
             sig.result.emit(value)
         finally:
@@ -130,7 +140,8 @@ class Worker(QRunnable):
 class Runner(QObject):
     """Owns the two pools and the set of live workers.
 
-    ``submit`` returns the :class:`Worker`; connect to ``worker.signals`` or pass the
+    ``submit`` returns the :class:`Worker` and starts it on the next turn of the event
+    loop; connect to ``worker.signals`` (before returning to the loop) or pass the
     ``on_*`` callbacks. An error with no ``on_error`` handler goes to
     :attr:`unhandled_error`, which the main window shows: never a silent failure.
     """
@@ -156,7 +167,7 @@ class Runner(QObject):
         return any(w.pool == pool or pool is None for w in self._live)
 
     def submit(
-        self, fn: Callable[..., Any], *args: Any, pool: str = IO, name: str = "",
+        self, fn: Callable[..., Any], *args: Any, pool: str = IO, label: str = "",
         on_result: Callable[[Any], None] | None = None, on_error: Callable[[BaseException], None] | None = None,
         on_progress: Callable[[float, float | None, str], None] | None = None,
         on_log: Callable[[str], None] | None = None, on_event: Callable[[Any], None] | None = None,
@@ -165,7 +176,7 @@ class Runner(QObject):
     ) -> Worker:
         if pool not in self.pools:
             raise ValueError(f"unknown pool {pool!r}")
-        w = Worker(fn, *args, name=name, pool=pool, **kwargs)
+        w = Worker(fn, *args, label=label, pool=pool, **kwargs)
         s = w.signals
         if on_result is not None:
             s.result.connect(on_result)
@@ -191,7 +202,9 @@ class Runner(QObject):
         self.task_added.emit(w)
         if not was_busy:
             self.busy_changed.emit(True)
-        self.pools[pool].start(w)
+        # Start on the next turn of the event loop, so that connections the caller makes to
+        # the returned worker's signals are in place before it can emit anything.
+        QTimer.singleShot(0, self, lambda: self.pools[pool].start(w))
         return w
 
     def _done(self, w: Worker) -> None:

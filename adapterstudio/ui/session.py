@@ -32,7 +32,7 @@ class Session(QObject):
 
     def open(self, home: str | None = None) -> Worker:
         self.home = home
-        return self.runner.submit(tasks.open_library, home, name="open library", on_result=self._opened,
+        return self.runner.submit(tasks.open_library, home, label="open library", on_result=self._opened,
                                   on_error=self._open_failed)
 
     def _opened(self, lib: Any) -> None:
@@ -45,10 +45,10 @@ class Session(QObject):
         self.open_failed.emit(exc)
         self.runner.unhandled_error.emit(exc, getattr(exc, "__adapterstudio_traceback__", ""))
 
-    def run(self, fn: Callable[..., Any], *args: Any, pool: str = IO, name: str = "", changes: bool = False,
+    def run(self, fn: Callable[..., Any], *args: Any, pool: str = IO, label: str = "", changes: bool = False,
             **kwargs: Any) -> Worker:
         """Run ``fn(ctx, lib, *args)``; with *changes*, announce catalogue_changed on success."""
-        w = self.runner.submit(fn, self.lib, *args, pool=pool, name=name or fn.__name__.replace("_", " "), **kwargs)
+        w = self.runner.submit(fn, self.lib, *args, pool=pool, label=label or fn.__name__.replace("_", " "), **kwargs)
         if changes:
             w.signals.result.connect(lambda _r: self.catalogue_changed.emit())
         return w

@@ -281,7 +281,7 @@ class AdapterDetail(QWidget):
             return None
         base = self.check_base.currentText()
         self.check_result.setText(f"Checking against {base}…")
-        return self.session.run(tasks.check_adapter, self.record.name, base, name="check compatibility",
+        return self.session.run(tasks.check_adapter, self.record.name, base, label="check compatibility",
                                 on_result=lambda r, b=base: self._checked(r, b))
 
     def _checked(self, report, base: str) -> None:
@@ -294,7 +294,7 @@ class AdapterDetail(QWidget):
         if self.record is None:
             return None
         name = self.record.name
-        return self.session.run(tasks.set_notes, name, self.notes.toPlainText(), name="save notes",
+        return self.session.run(tasks.set_notes, name, self.notes.toPlainText(), label="save notes",
                                 on_result=self.session.adapter_changed.emit)
 
 
@@ -378,7 +378,7 @@ class DetailPane(QStackedWidget):
         self._pending = ("adapter", name)
         if self.currentIndex() != self.ADAPTER:
             self.setCurrentIndex(self.LOADING)
-        return self.session.run(tasks.adapter_details, name, name="load details",
+        return self.session.run(tasks.adapter_details, name, label="load details",
                                 on_result=lambda d, n=name: self._adapter_loaded(n, d),
                                 on_error=lambda exc: self._failed(exc))
 
@@ -391,7 +391,7 @@ class DetailPane(QStackedWidget):
     def show_base(self, name: str):
         self._pending = ("base", name)
         self.setCurrentIndex(self.LOADING)
-        return self.session.run(tasks.base_details, name, name="load details",
+        return self.session.run(tasks.base_details, name, label="load details",
                                 on_result=lambda d, n=name: self._base_loaded(n, d), on_error=lambda exc: self._failed(exc))
 
     def _base_loaded(self, name: str, details: dict[str, Any]) -> None:

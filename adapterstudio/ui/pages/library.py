@@ -103,7 +103,8 @@ class FirstRun(QWidget):
     def _add_hub_id(self) -> None:
         text = self.hub_id.text().strip()
         if text:
-            self.page.add_base(text)
+            # Catalogue names hold no slash: "owner/name" is registered as "name" (its Hub id is kept).
+            self.page.add_base(text, text.rsplit("/", 1)[-1])
 
 
 def _card_title(icon_name: str, text: str) -> QWidget:
@@ -294,7 +295,7 @@ class LibraryPage(QWidget):
             self._refresh_timer.start()
 
     def _do_refresh(self) -> Worker:
-        return self.session.run(tasks.snapshot, name="load library", on_result=self._loaded)
+        return self.session.run(tasks.snapshot, label="load library", on_result=self._loaded)
 
     def _loaded(self, snap: dict[str, Any]) -> None:
         self.setEnabled(True)
@@ -429,7 +430,7 @@ class LibraryPage(QWidget):
     # -- actions (each one service call through the runner) --------------------------------
     def add_base(self, source: str, name: str | None = None, **kwargs: Any) -> Worker:
         self.first_run.status.setText(f"Adding {source}…")
-        w = self.session.run(tasks.add_base, source, name, name=f"add base {Path(source).name or source}",
+        w = self.session.run(tasks.add_base, source, name, label=f"add base {Path(source).name or source}",
                              changes=True, **kwargs)
         w.signals.result.connect(lambda b: self._base_added(b))
         w.signals.error.connect(lambda _e: self.first_run.status.setText(""))
@@ -442,7 +443,7 @@ class LibraryPage(QWidget):
 
     def scan_cache(self, cache_dir: str | None = None) -> Worker:
         self.first_run.status.setText("Scanning the Hugging Face cache…")
-        w = self.session.run(tasks.scan_hf_cache, cache_dir, name="scan HF cache", changes=True)
+        w = self.session.run(tasks.scan_hf_cache, cache_dir, label="scan HF cache", changes=True)
         w.signals.result.connect(self._scanned)
         return w
 
@@ -458,7 +459,7 @@ class LibraryPage(QWidget):
     def import_paths(self, paths: list[str], **kwargs: Any) -> list[Worker]:
         workers = []
         for p in paths:
-            w = self.session.run(tasks.import_adapter, p, name=f"import {Path(p).name}", changes=True, **kwargs)
+            w = self.session.run(tasks.import_adapter, p, label=f"import {Path(p).name}", changes=True, **kwargs)
             w.signals.result.connect(self._imported)
             workers.append(w)
         return workers
@@ -475,25 +476,25 @@ class LibraryPage(QWidget):
 
     def rename(self, name: str, new_name: str) -> Worker:
         self._focus_after_load = new_name
-        return self.session.run(tasks.rename_adapter, name, new_name, name="rename", changes=True)
+        return self.session.run(tasks.rename_adapter, name, new_name, label="rename", changes=True)
 
     def set_tags(self, name: str, tags: list[str]) -> Worker:
         rec = next((a for a in self.snapshot["adapters"] if a.name == name), None)
         old = set(rec.tags) if rec else set()
         new = {t.strip() for t in tags if t.strip()}
         self._focus_after_load = name
-        return self.session.run(tasks.tag_adapter, name, sorted(new - old), sorted(old - new), name="tag", changes=True)
+        return self.session.run(tasks.tag_adapter, name, sorted(new - old), sorted(old - new), label="tag", changes=True)
 
     def remove(self, name: str) -> Worker:
         self.detail.clear()
-        return self.session.run(tasks.remove_adapter, name, name=f"remove {name}", changes=True)
+        return self.session.run(tasks.remove_adapter, name, label=f"remove {name}", changes=True)
 
     def remove_base(self, name: str) -> Worker:
         self.detail.clear()
-        return self.session.run(tasks.remove_base, name, name=f"remove base {name}", changes=True)
+        return self.session.run(tasks.remove_base, name, label=f"remove base {name}", changes=True)
 
     def export(self, name: str, dest: str) -> Worker:
-        w = self.session.run(tasks.export_adapter, name, dest, name=f"export {name}")
+        w = self.session.run(tasks.export_adapter, name, dest, label=f"export {name}")
         w.signals.result.connect(lambda p: self.window().statusBar().showMessage(f"Exported to {p}", 8000)
                                  if hasattr(self.window(), "statusBar") else None)
         return w

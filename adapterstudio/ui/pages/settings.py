@@ -189,7 +189,7 @@ class SettingsPage(QWidget):
             return None
         old_dir = self.session.lib.settings.resolved_library_dir()
         s = self.current_settings()
-        w = self.session.run(tasks.save_settings, s, name="save settings")
+        w = self.session.run(tasks.save_settings, s, label="save settings")
         w.signals.result.connect(lambda saved: self._saved(saved, old_dir))
         return w
 

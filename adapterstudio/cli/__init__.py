@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from adapterstudio import __version__
 
-COMMAND_MODULES = ["library"]
+COMMAND_MODULES = ["library", "doctor"]
 
 
 def build_parser() -> argparse.ArgumentParser:

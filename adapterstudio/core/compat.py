@@ -14,6 +14,10 @@ from typing import Any
 from adapterstudio.core.peft_format import AdapterConfig, split_adapter_key
 from adapterstudio.core.safetensors_header import TensorInfo
 
+# peft.utils.constants.DUMMY_TARGET_MODULES: targets nothing; used when only
+# ``modules_to_save`` (e.g. a new classification head) is trained.
+PEFT_DUMMY_TARGET = "dummy-target-modules"
+
 
 @dataclass
 class CompatReport:
@@ -44,7 +48,9 @@ class ModuleIndex:
         for k in range(len(parts), 0, -1):
             hits = self._by_suffix.get(".".join(parts[-k:]))
             if hits:
-                return hits[0] if len(hits) == 1 or k >= 2 else None
+                # the longest matching suffix decides; if it is ambiguous the module
+                # is not in the base (e.g. layer 7 of an adapter for a deeper model)
+                return hits[0] if len(hits) == 1 and (k >= 2 or len(parts) == 1) else None
         return None
 
     def has_target(self, target: str) -> bool:
@@ -80,6 +86,8 @@ def check_compatibility(
 
     # Each named target must exist somewhere in the base (regex targets are checked via tensors).
     for target in config.target_modules:
+        if target == PEFT_DUMMY_TARGET:
+            continue  # PEFT's placeholder for adapters that only train modules_to_save (a new head)
         if len(config.target_modules) == 1 and any(c in target for c in "*^$[]()|\\"):
             continue
         if not index.has_target(target):

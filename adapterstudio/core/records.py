@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class BaseRecord:
     id: int
     name: str
@@ -36,7 +36,7 @@ class AdapterFile:
     size: int
 
 
-@dataclass
+@dataclass(slots=True)
 class AdapterRecord:
     id: int
     uid: str

@@ -28,13 +28,13 @@ from adapterstudio.core.safetensors_header import read_header
 from adapterstudio.core.settings import Settings, load_settings
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_NAME_OK = re.compile(r"^[^\x00-\x1f/\\]{1,200}$")
+_NAME_OK = re.compile(r"^[^\x00-\x1f:\\]{1,200}$")
 
 
 def _check_name(name: str, what: str) -> str:
     name = name.strip()
     if not name or not _NAME_OK.match(name) or name in (".", ".."):
-        raise InvalidInput(f"{name!r} is not a valid {what} name (1-200 characters, no slashes or control characters).")
+        raise InvalidInput(f"{name!r} is not a valid {what} name (1-200 characters, no ':', backslash or control characters).")
     return name
 
 

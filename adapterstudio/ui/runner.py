@@ -82,6 +82,7 @@ class Worker(QRunnable):
         self.signals = WorkerSignals()
         self.ctx = WorkerContext(self.signals)
         self.traceback = ""
+        self.quiet = False
         self.state = "queued"  # queued | running | done | failed | cancelled
         self.last_progress: tuple[float, float | None, str] = (0.0, None, "")
         self.value: Any = None  # the result, once done
@@ -172,11 +173,12 @@ class Runner(QObject):
         on_progress: Callable[[float, float | None, str], None] | None = None,
         on_log: Callable[[str], None] | None = None, on_event: Callable[[Any], None] | None = None,
         on_cancelled: Callable[[], None] | None = None, on_finished: Callable[[], None] | None = None,
-        **kwargs: Any,
+        quiet: bool = False, **kwargs: Any,
     ) -> Worker:
         if pool not in self.pools:
             raise ValueError(f"unknown pool {pool!r}")
         w = Worker(fn, *args, label=label, pool=pool, **kwargs)
+        w.quiet = quiet  # background refreshes are not listed in the status bar
         s = w.signals
         if on_result is not None:
             s.result.connect(on_result)

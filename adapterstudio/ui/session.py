@@ -46,9 +46,10 @@ class Session(QObject):
         self.runner.unhandled_error.emit(exc, getattr(exc, "__adapterstudio_traceback__", ""))
 
     def run(self, fn: Callable[..., Any], *args: Any, pool: str = IO, label: str = "", changes: bool = False,
-            **kwargs: Any) -> Worker:
+            quiet: bool = False, **kwargs: Any) -> Worker:
         """Run ``fn(ctx, lib, *args)``; with *changes*, announce catalogue_changed on success."""
-        w = self.runner.submit(fn, self.lib, *args, pool=pool, label=label or fn.__name__.replace("_", " "), **kwargs)
+        w = self.runner.submit(fn, self.lib, *args, pool=pool, label=label or fn.__name__.replace("_", " "),
+                               quiet=quiet, **kwargs)
         if changes:
             w.signals.result.connect(lambda _r: self.catalogue_changed.emit())
         return w

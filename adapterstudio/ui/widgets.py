@@ -122,7 +122,7 @@ class TaskIndicator(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
 
     def _added(self, w: Worker) -> None:
-        if len(self.rows) >= 3:
+        if w.quiet or len(self.rows) >= 3:
             return  # the status bar shows at most three; the rest run all the same
         row = TaskRow(w)
         self.rows[id(w)] = row

@@ -295,7 +295,7 @@ class LibraryPage(QWidget):
             self._refresh_timer.start()
 
     def _do_refresh(self) -> Worker:
-        return self.session.run(tasks.snapshot, label="load library", on_result=self._loaded)
+        return self.session.run(tasks.snapshot, label="load library", quiet=True, on_result=self._loaded)
 
     def _loaded(self, snap: dict[str, Any]) -> None:
         self.setEnabled(True)

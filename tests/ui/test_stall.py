@@ -17,9 +17,11 @@ from tests.ui.conftest import wait_loaded  # noqa: E402
 
 
 class StallMeter:
-    def __init__(self) -> None:
+    def __init__(self, runner=None) -> None:
         from PySide6.QtCore import QTimer
 
+        self.runner = runner
+        self.slow: list[tuple[int, list[str]]] = []  # (gap ms, tasks running) for gaps over 50 ms
         self.gaps: list[float] = []
         self._last = time.perf_counter()
         self.timer = QTimer()
@@ -28,7 +30,10 @@ class StallMeter:
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        self.gaps.append((now - self._last) * 1000.0)
+        gap = (now - self._last) * 1000.0
+        self.gaps.append(gap)
+        if gap > 50 and self.runner is not None:
+            self.slow.append((round(gap), [w.name for w in self.runner.workers]))
         self._last = now
 
     def __enter__(self):

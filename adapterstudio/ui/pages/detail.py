@@ -81,8 +81,17 @@ class MetricsPlot(QWidget):
         self.curves.clear()
 
     def set_series(self, series: dict[str, tuple[list[float], list[float]]]) -> None:
-        self.clear()
+        """Show *series*; curves already on the plot are updated in place (cheap for live runs)."""
+        for name in set(self.curves) - set(series):
+            curve = self.curves.pop(name)
+            for p in (self.loss, self.other):
+                if curve in p.listDataItems():
+                    p.removeItem(curve)
         for i, (name, (xs, ys)) in enumerate(sorted(series.items())):
+            curve = self.curves.get(name)
+            if curve is not None:
+                curve.setData(xs, ys, symbol="o" if len(xs) < 30 else None)
+                continue
             target = self.loss if ("loss" in name or name in LOSS_KEYS) else self.other
             pen = self.pg.mkPen(self.PALETTE[i % len(self.PALETTE)], width=2)
             self.curves[name] = target.plot(xs, ys, pen=pen, name=name, symbol="o" if len(xs) < 30 else None,

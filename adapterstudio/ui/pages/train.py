@@ -291,6 +291,8 @@ class TrainPage(QWidget):
         self.history: dict[str, dict[str, list[tuple[float, float]]]] = {}
         self.logs: dict[str, list[str]] = {}
         self.last_step: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, int] = {}  # bumped when a run's curves or log change
+        self._shown: tuple[str, int] | None = None  # (run id, version) on screen
         self.statuses: dict[str, str] = {}
         self.queue_worker: Worker | None = None
         self._poll_worker: Worker | None = None
@@ -693,6 +695,7 @@ class TrainPage(QWidget):
 
     def _event(self, run_id: str, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
+        self.versions[run_id] = self.versions.get(run_id, 0) + 1
         hist = self.history.setdefault(run_id, {})
         log = self.logs.setdefault(run_id, [])
         if kind == "step":
@@ -721,10 +724,12 @@ class TrainPage(QWidget):
             self.progress.setValue(0)
             self.speed.setText("")
             return
-        hist = self.history.get(r.id, {})
-        self.plot.set_series({k: ([p[0] for p in v], [p[1] for p in v]) for k, v in hist.items()})
-        text = "\n".join(self.logs.get(r.id, [])) + (f"\n{r.status}: {r.error}" if r.error else "")
-        if self.log_view.toPlainText() != text:
+        shown = (r.id, self.versions.get(r.id, 0), r.status)
+        if shown != self._shown:  # redraw only what changed since the last poll
+            self._shown = shown
+            hist = self.history.get(r.id, {})
+            self.plot.set_series({k: ([p[0] for p in v], [p[1] for p in v]) for k, v in hist.items()})
+            text = "\n".join(self.logs.get(r.id, [])) + (f"\n{r.status}: {r.error}" if r.error else "")
             self.log_view.setPlainText(text)
             self.log_view.verticalScrollBar().setValue(self.log_view.verticalScrollBar().maximum())
         last = self.last_step.get(r.id)

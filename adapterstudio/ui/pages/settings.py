@@ -19,19 +19,27 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 THEMES = ("system", "light", "dark")
 
 
-def plugin_statuses() -> list[dict] | None:
-    """The hub-provider plugins with their status, or None while no plugin registry exists."""
+def plugin_statuses(ctx=None, lib=None) -> list[dict] | None:
+    """The hub-provider plugins with their status, or None while this build has no plugin registry.
+
+    Discovery imports the plugins, so the page runs it on the I/O pool.
+    """
     try:
-        from adapterstudio.api import registry  # type: ignore[attr-defined]
+        from adapterstudio.api import ENTRY_POINT_GROUP
+        from adapterstudio.api.registry import discover
     except ImportError:
         return None
-    fn = getattr(registry, "plugin_statuses", None) or getattr(registry, "list_plugins", None)
-    if fn is None:
-        return None
-    out = []
-    for p in fn():
-        out.append(p if isinstance(p, dict) else dataclasses.asdict(p) if dataclasses.is_dataclass(p) else vars(p))
-    return out
+    disabled = tuple(lib.settings.disabled_plugins) if lib is not None else ()
+    return [e.to_json() for e in discover(ENTRY_POINT_GROUP, disabled=disabled)]
+
+
+def registry_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("adapterstudio.api.registry") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 class SettingsPage(QWidget):
@@ -129,27 +137,46 @@ class SettingsPage(QWidget):
         buttons.addWidget(self.save_btn)
         outer.addLayout(buttons)
         self.setEnabled(False)
-        session.opened.connect(lambda _lib: self.load_from_library())
-        self.refresh_plugins()
+        self.plugin_rows: list[dict] = []
+        session.opened.connect(lambda _lib: (self.load_from_library(), self.refresh_plugins()))
+        self.plugins_group.setVisible(registry_available())
 
     def activated(self) -> None:
         self.refresh_plugins()
 
-    def refresh_plugins(self) -> None:
-        statuses = plugin_statuses()
-        self.plugins_group.setVisible(statuses is not None)
-        if not statuses:
-            return
+    def refresh_plugins(self):
+        """List the plugins with their status (hidden while the build has no plugin registry)."""
+        self.plugins_group.setVisible(registry_available())
+        if not registry_available() or self.session.lib is None:
+            return None
+        return self.session.run(plugin_statuses, label="list plugins", quiet=True, on_result=self._plugins)
+
+    def _plugins(self, statuses: list[dict] | None) -> None:
+        statuses = statuses or []
+        self.plugin_rows = statuses
         self.plugins.setRowCount(len(statuses))
         for i, p in enumerate(statuses):
             name = str(p.get("name", "?"))
-            status = str(p.get("status") or ("loaded" if p.get("ok", p.get("loaded")) else "error"))
-            detail = str(p.get("error") or p.get("description") or p.get("module") or "")
+            status = "disabled" if p.get("disabled") else ("loaded" if p.get("ok") else "broken")
+            detail = str(p.get("error") or " ".join(x for x in (p.get("distribution"), p.get("version")) if x)
+                         or p.get("value") or "")
             for j, text in enumerate((name, status, detail)):
                 item = QTableWidgetItem(text)
                 item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+                if j == 0:
+                    item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                    item.setCheckState(Qt.CheckState.Unchecked if p.get("disabled") else Qt.CheckState.Checked)
+                    item.setToolTip("Uncheck to disable this plugin (saved with Save)")
                 self.plugins.setItem(i, j, item)
         self.plugins.resizeColumnsToContents()
+
+    def disabled_plugins(self) -> list[str]:
+        out = []
+        for i in range(self.plugins.rowCount()):
+            item = self.plugins.item(i, 0)
+            if item is not None and item.checkState() == Qt.CheckState.Unchecked:
+                out.append(item.text())
+        return out
 
     def load_from_library(self) -> None:
         lib = self.session.lib
@@ -182,6 +209,8 @@ class SettingsPage(QWidget):
             trust_remote_code=self.trust_remote_code.isChecked(), theme=self.theme.currentText(),
             default_hub_provider=self.provider.text().strip() or "huggingface", hub_endpoint=self.endpoint.text().strip(),
         )
+        if self.plugin_rows:
+            s = dataclasses.replace(s, disabled_plugins=self.disabled_plugins())
         return s
 
     def save(self):
@@ -196,6 +225,7 @@ class SettingsPage(QWidget):
     def _saved(self, settings, old_dir) -> None:
         self.status.setText("Saved.")
         self.session.settings_changed.emit(settings)
+        self.refresh_plugins()
         if settings.resolved_library_dir() != old_dir and not os.environ.get("ADAPTERSTUDIO_HOME"):
             self.session.open(str(settings.resolved_library_dir()))
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from adapterstudio import __version__
 
-COMMAND_MODULES = ["library", "doctor"]
+COMMAND_MODULES = ["library", "training", "inference", "hub", "doctor"]
 
 
 def build_parser() -> argparse.ArgumentParser:

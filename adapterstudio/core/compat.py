@@ -87,7 +87,7 @@ def check_compatibility(
     # Each named target must exist somewhere in the base (regex targets are checked via tensors).
     for target in config.target_modules:
         if target == PEFT_DUMMY_TARGET:
-            continue  # PEFT's placeholder for adapters that only train modules_to_save (a new head)
+            continue  # PEFT's placeholder: an adapter that only saves whole modules (a new head, unfrozen layers)
         if len(config.target_modules) == 1 and any(c in target for c in "*^$[]()|\\"):
             continue
         if not index.has_target(target):

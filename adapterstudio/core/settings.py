@@ -53,6 +53,7 @@ class Settings:
     theme: str = "system"  # system | light | dark
     default_hub_provider: str = "huggingface"
     hub_endpoint: str = ""  # empty: HF_ENDPOINT or the public Hub
+    shared_folder: str = ""  # the shared-folder hub provider's root (a NAS path); empty: $ADAPTERSTUDIO_SHARED_FOLDER
     disabled_plugins: list[str] = field(default_factory=list)
     max_resident_adapters: int = 8
     max_host_adapters: int = 64

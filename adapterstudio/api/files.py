@@ -1,0 +1,43 @@
+"""Which remote files a pull takes, and how downloaded files are verified."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import PurePosixPath
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")
+# Safe, data-only files an adapter repository holds (weights, configs, cards, tokenizer files).
+SAFE_SUFFIXES = (".safetensors", ".json", ".md", ".txt", ".model", ".jinja", ".yaml", ".yml")
+
+
+def is_pickle(path: str) -> bool:
+    return PurePosixPath(path).suffix.lower() in PICKLE_SUFFIXES
+
+
+def wanted(path: str, allow_pickle: bool = False) -> bool:
+    """Whether *path* (relative, POSIX) is downloaded by a pull."""
+    p = PurePosixPath(path)
+    if any(part.startswith(".") for part in p.parts) or ".." in p.parts or p.is_absolute():
+        return False
+    suffix = p.suffix.lower()
+    return suffix in SAFE_SUFFIXES or (allow_pickle and suffix in PICKLE_SUFFIXES)
+
+
+def git_blob_oid(data_path) -> str:
+    """The git blob id (SHA-1 of ``blob <size>\\0`` + content) of a file, as git hubs report it."""
+    import os
+
+    size = os.path.getsize(data_path)
+    h = hashlib.sha1(f"blob {size}\0".encode())
+    with open(data_path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_of(data_path) -> str:
+    h = hashlib.sha256()
+    with open(data_path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

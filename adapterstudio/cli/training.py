@@ -1,0 +1,340 @@
+"""``adapterstudio train``, ``runs``, ``queue``, ``eval`` and ``compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from adapterstudio.cli._common import add_group, cli_context, emit, human_size, open_lib, table, want_json
+
+TASK_CHOICES = ["seq-cls", "regression", "causal-lm", "token-cls", "image-cls"]
+STRATEGY_CHOICES = ["head", "partial", "lora", "dora", "ia3", "loha", "lokr", "full"]
+
+# CLI flag -> spec field (only flags the user gave override the --config file)
+SPEC_FLAGS = {
+    "base": "base", "data": "data", "task": "task", "strategy": "strategy", "name": "name",
+    "text_column": "text_column", "text_pair_column": "text_pair_column", "label_column": "label_column",
+    "prompt_column": "prompt_column", "response_column": "response_column", "messages_column": "messages_column",
+    "image_column": "image_column", "validation": "validation", "test": "test", "val_fraction": "val_fraction",
+    "test_fraction": "test_fraction", "epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
+    "grad_accum": "grad_accum", "max_steps": "max_steps", "max_length": "max_length", "num_processes": "num_processes",
+    "cpu": "cpu", "seed": "seed", "precision": "precision", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
+    "target_modules": "target_modules", "rslora": "use_rslora", "unfreeze_layers": "unfreeze_layers",
+    "early_stopping": "early_stopping_patience", "eval_every": "eval_every", "save_every": "save_every",
+    "quantize": "quantize", "packing": "packing", "accelerate_config": "accelerate_config", "schedule": "schedule",
+    "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
+}
+
+
+def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None:
+    S = argparse.SUPPRESS
+    p.add_argument("--base", default=S, help="catalogued base model name")
+    p.add_argument("--data", default=S, help="CSV, TSV, JSONL, JSON, Parquet file or a datasets save_to_disk folder")
+    p.add_argument("--task", choices=TASK_CHOICES, default=S, help="what to train (default seq-cls)")
+    if not for_compare:
+        p.add_argument("--strategy", choices=STRATEGY_CHOICES, default=S, help="head, partial, lora (default), dora, ia3, loha, lokr or full")
+    p.add_argument("--name", default=S, help="catalogue name of the result" + (" prefix" if for_compare else ""))
+    p.add_argument("--text-column", default=S)
+    p.add_argument("--text-pair-column", default=S)
+    p.add_argument("--label-column", default=S)
+    p.add_argument("--prompt-column", default=S, help="causal-lm: instruction column")
+    p.add_argument("--response-column", default=S, help="causal-lm: answer column (the loss is on answers only)")
+    p.add_argument("--messages-column", default=S, help="causal-lm: chat messages [{role, content}] column")
+    p.add_argument("--image-column", default=S)
+    p.add_argument("--validation", default=S, metavar="FILE", help="a validation file (default: a stratified split)")
+    p.add_argument("--test", default=S, metavar="FILE", help="a held-out test file")
+    p.add_argument("--val-fraction", type=float, default=S)
+    p.add_argument("--test-fraction", type=float, default=S)
+    p.add_argument("--epochs", type=float, default=S)
+    p.add_argument("--lr", type=float, default=S)
+    p.add_argument("--batch-size", type=int, default=S, help="micro-batch per process")
+    p.add_argument("--grad-accum", type=int, default=S)
+    p.add_argument("--max-steps", type=int, default=S)
+    p.add_argument("--max-length", type=int, default=S)
+    p.add_argument("--num-processes", type=int, default=S, help="processes (GPUs, or CPU processes with --cpu: DDP over gloo)")
+    p.add_argument("--cpu", action="store_true", default=S, help="train on the CPU even if a GPU is present")
+    p.add_argument("--seed", type=int, default=S)
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=S)
+    p.add_argument("--lora-r", type=int, default=S)
+    p.add_argument("--lora-alpha", type=int, default=S)
+    p.add_argument("--target-modules", default=S, help="comma-separated module names (default: all linear layers)")
+    p.add_argument("--rslora", action="store_true", default=S, help="rank-stabilised LoRA scaling")
+    p.add_argument("--unfreeze-layers", type=int, default=S, help="partial: how many last layers train")
+    p.add_argument("--early-stopping", type=int, default=S, metavar="N", help="stop after N evaluations without improvement")
+    p.add_argument("--eval-every", type=int, default=S, metavar="STEPS")
+    p.add_argument("--save-every", type=int, default=S, metavar="STEPS", help="checkpoint every N optimizer steps")
+    p.add_argument("--quantize", choices=["none", "4bit", "8bit"], default=S, help="QLoRA base (CUDA + bitsandbytes only)")
+    p.add_argument("--packing", action="store_true", default=S, help="causal-lm: pack texts into full rows")
+    p.add_argument("--schedule", choices=["linear", "cosine", "constant", "constant_with_warmup"], default=S)
+    p.add_argument("--warmup-ratio", type=float, default=S)
+    p.add_argument("--weight-decay", type=float, default=S)
+    p.add_argument("--accelerate-config", default=S, metavar="FILE", help="an accelerate config (multi-GPU, DeepSpeed, FSDP)")
+    p.add_argument("--config", default=S, metavar="SPEC.yaml", help="a training spec file; flags override it")
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("train", parents=[common], help="fine-tune a base model into a catalogued adapter",
+                       description="Fine-tune a base model; exits 0 only when the result is in the catalogue.")
+    _spec_args(p)
+    p.add_argument("--resume", metavar="RUN", default=argparse.SUPPRESS, help="resume an interrupted, failed or cancelled run")
+    p.add_argument("--estimate", action="store_true", help="only print the memory estimate (will it fit?)")
+    p.set_defaults(handler=cmd_train)
+
+    r = add_group(sub, "runs", "training run history")
+    q = r.add_parser("list", parents=[common], help="list training runs")
+    q.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])
+    q.set_defaults(handler=cmd_runs_list)
+    q = r.add_parser("show", parents=[common], help="show a run: status, spec, metrics, world size, checkpoint, duration")
+    q.add_argument("run")
+    q.set_defaults(handler=cmd_runs_show)
+    q = r.add_parser("cancel", parents=[common], help="ask a running run to stop at its next step (it checkpoints first)")
+    q.add_argument("run")
+    q.set_defaults(handler=cmd_runs_cancel)
+
+    qg = add_group(sub, "queue", "the persistent training queue (survives restarts)")
+    q = qg.add_parser("list", parents=[common], help="list queued jobs in order")
+    q.set_defaults(handler=cmd_queue_list)
+    q = qg.add_parser("add", parents=[common], help="check and queue a training job (same options as train)")
+    _spec_args(q)
+    q.set_defaults(handler=cmd_queue_add)
+    q = qg.add_parser("run", parents=[common], help="run queued jobs one after another")
+    q.add_argument("--limit", type=int, help="stop after this many jobs")
+    q.set_defaults(handler=cmd_queue_run)
+    q = qg.add_parser("remove", parents=[common], help="remove a queued (or finished) job")
+    q.add_argument("run")
+    q.set_defaults(handler=cmd_queue_remove)
+
+    p = sub.add_parser("eval", parents=[common], help="score a trained adapter on a labelled file")
+    p.add_argument("name", help="adapter (or full fine-tune) name")
+    p.add_argument("--data", required=True)
+    p.add_argument("--base", help="evaluate on this base instead of the adapter's own (must be compatible)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("compare", parents=[common], help="train several strategies on the same split: one table")
+    _spec_args(p, for_compare=True)
+    p.add_argument("--strategies", required=True, help="comma-separated, e.g. head,lora,full")
+    p.set_defaults(handler=cmd_compare)
+
+
+# -- helpers -------------------------------------------------------------------------
+def build_spec(args: argparse.Namespace):
+    from adapterstudio.ml.training.spec import TrainingSpec
+
+    cfg = getattr(args, "config", None)
+    spec = TrainingSpec.from_yaml(cfg) if cfg else TrainingSpec()
+    changes = {field: getattr(args, flag) for flag, field in SPEC_FLAGS.items() if hasattr(args, flag)}
+    if "target_modules" in changes:
+        changes["target_modules"] = [t.strip() for t in changes["target_modules"].split(",") if t.strip()]
+    return spec.replace(**changes)
+
+
+def _progress_ctx(args: argparse.Namespace, label: str):
+    ctx, bar = cli_context(label, args)
+    if not want_json(args):
+        import sys
+
+        def log(msg: str) -> None:
+            if bar.enabled:
+                sys.stderr.write("\r\033[K")
+            print(msg, file=sys.stderr, flush=True)
+
+        ctx._on_log = log  # the bar and the log share stderr
+    return ctx, bar
+
+
+def _run_outcome(args: argparse.Namespace, out: Any) -> int:
+    r = out.result
+    name = getattr(out.adapter, "name", None)
+    data = {"run": out.run.to_json(), "adapter": name, "kind": "base" if out.run.spec.get("strategy") == "full" else "adapter",
+            "final": r.get("final"), "test": r.get("test"), "world_size": r.get("world_size"),
+            "trainable_params": r.get("trainable_params"), "duration_s": r.get("duration_s")}
+
+    def text() -> str:
+        lines = [f"run {out.run.id}: {out.run.status}; {'base' if data['kind'] == 'base' else 'adapter'} {name!r} is in the catalogue",
+                 f"trainable parameters {r.get('trainable_params'):,} of {r.get('total_params'):,}; "
+                 f"{r.get('steps')} steps in {r.get('duration_s', 0):.1f}s on {r.get('device')} x{r.get('world_size')}"]
+        for split in ("final", "test"):
+            m = r.get(split) or {}
+            if m:
+                lines.append(f"{'validation' if split == 'final' else 'test'}: " +
+                             ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+        return "\n".join(lines)
+
+    emit(args, data, text)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from adapterstudio.services import training as T
+
+    lib = open_lib(args)
+    if hasattr(args, "resume"):
+        ctx, bar = _progress_ctx(args, "training")
+        try:
+            out = T.resume(lib, args.resume, ctx)
+        finally:
+            bar.close()
+        return _run_outcome(args, out)
+    spec = build_spec(args)
+    if args.estimate:
+        spec, _ = T.resolve_spec(lib, spec)
+        est = T.memory_estimate(lib, spec)
+        emit(args, est, lambda: f"estimated peak memory {human_size(est['total'])} (weights {human_size(est['weights'])}, "
+             f"optimizer {human_size(est['optimizer'])}, activations {human_size(est['activations'])}); "
+             f"available on {est['device']}: {human_size(est['available'])}; "
+             + ("fits" if est["fits"] else "does NOT fit" if est["fits"] is False else "unknown"))
+        return 0
+    ctx, bar = _progress_ctx(args, "training")
+    try:
+        out = T.train(lib, spec, ctx)
+    finally:
+        bar.close()
+    return _run_outcome(args, out)
+
+
+def _fmt_metric(run: Any) -> str:
+    m = run.metrics or {}
+    final = m.get("final") or {}
+    for k in ("accuracy", "loss"):
+        if k in final:
+            return f"{k} {final[k]:.4f}"
+    hist = m.get("history") or []
+    if hist:
+        last = hist[-1]
+        for k in ("eval_accuracy", "eval_loss"):
+            if k in last:
+                return f"{k[5:]} {last[k]:.4f}"
+    return "-"
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    from adapterstudio.core.runs import RunStore
+
+    lib = open_lib(args)
+    rs = RunStore(lib.catalogue).list(status=args.status)
+    emit(args, [r.to_json() for r in rs], lambda: table(
+        [[r.id, r.name, r.status, r.spec.get("strategy"), r.base, r.world_size,
+          f"{r.duration_s:.0f}s" if r.duration_s is not None else None, _fmt_metric(r)] for r in rs],
+        ["RUN", "NAME", "STATUS", "STRATEGY", "BASE", "WORLD", "TIME", "METRIC"]) if rs else "no training runs")
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    from adapterstudio.core.runs import RunStore
+
+    lib = open_lib(args)
+    r = RunStore(lib.catalogue).get(args.run)
+    d = r.to_json()
+
+    def text() -> str:
+        lines = [f"run {r.id} ({r.name}): {r.status}", f"base: {r.base}", f"adapter: {r.adapter or '-'}",
+                 f"world_size: {r.world_size or '-'}", f"last checkpoint: {r.last_checkpoint or '-'}",
+                 f"duration: {r.duration_s:.1f}s" if r.duration_s is not None else "duration: -",
+                 f"folder: {r.run_dir}"]
+        if r.error:
+            lines.append(f"error: {r.error}")
+        lines.append("spec: " + ", ".join(f"{k}={v}" for k, v in r.spec.items() if v not in (None, "", [])))
+        for h in (r.metrics or {}).get("history", []):
+            lines.append("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in h.items()))
+        for split in ("final", "test"):
+            m = (r.metrics or {}).get(split)
+            if m:
+                lines.append(f"{split}: " + json.dumps(m))
+        return "\n".join(lines)
+
+    emit(args, d, text)
+    return 0
+
+
+def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    from adapterstudio.services import training as T
+
+    lib = open_lib(args)
+    r = T.cancel(lib, args.run)
+    emit(args, r.to_json(), f"asked run {r.id} to stop")
+    return 0
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    from adapterstudio.core.runs import RunStore
+
+    lib = open_lib(args)
+    q = RunStore(lib.catalogue).queue()
+    emit(args, [r.to_json() for r in q], lambda: table(
+        [[i + 1, r.id, r.name, r.spec.get("strategy"), r.base, r.spec.get("data")] for i, r in enumerate(q)],
+        ["#", "RUN", "NAME", "STRATEGY", "BASE", "DATA"]) if q else "the queue is empty")
+    return 0
+
+
+def cmd_queue_add(args: argparse.Namespace) -> int:
+    from adapterstudio.services import training as T
+
+    lib = open_lib(args)
+    ctx, bar = _progress_ctx(args, "checking")
+    try:
+        r = T.enqueue(lib, build_spec(args), ctx)
+    finally:
+        bar.close()
+    emit(args, r.to_json(), f"queued run {r.id} ({r.name}); start the queue with 'adapterstudio queue run'")
+    return 0
+
+
+def cmd_queue_run(args: argparse.Namespace) -> int:
+    from adapterstudio.services import training as T
+
+    lib = open_lib(args)
+    ctx, bar = _progress_ctx(args, "queue")
+    try:
+        done = T.run_queue(lib, ctx, limit=args.limit)
+    finally:
+        bar.close()
+    emit(args, done, lambda: table([[d["run"], d["name"], d["status"], d.get("error", "")] for d in done],
+                                   ["RUN", "NAME", "STATUS", "ERROR"]) if done else "the queue is empty")
+    return 0 if all(d["status"] == "succeeded" for d in done) else 1
+
+
+def cmd_queue_remove(args: argparse.Namespace) -> int:
+    from adapterstudio.core.runs import RunStore
+
+    lib = open_lib(args)
+    r = RunStore(lib.catalogue).remove(args.run)
+    emit(args, r.to_json(), f"removed run {r.id} ({r.name})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from adapterstudio.services import training as T
+
+    lib = open_lib(args)
+    ctx, bar = _progress_ctx(args, "evaluating")
+    try:
+        res = T.evaluate(lib, args.name, args.data, ctx, batch_size=args.batch_size, base=args.base)
+    finally:
+        bar.close()
+    emit(args, res, lambda: "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in res.items()))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from adapterstudio.services import training as T
+
+    lib = open_lib(args)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    spec = build_spec(args)
+    ctx, bar = _progress_ctx(args, "compare")
+    try:
+        rows = T.compare(lib, spec, strategies, ctx)
+    finally:
+        bar.close()
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    emit(args, rows, lambda: table(
+        [[r["strategy"], f"{r['trainable_params']:,}" if r.get("trainable_params") else "-", r.get("metric", "-"),
+          fmt(r.get("val")), fmt(r.get("test")), f"{r['train_time_s']:.1f}s" if r.get("train_time_s") else "-",
+          human_size(r.get("peak_memory")), r.get("adapter") or r.get("error", "")] for r in rows],
+        ["STRATEGY", "TRAINABLE", "METRIC", "VAL", "TEST", "TIME", "PEAK MEM", "RESULT"]))
+    return 0 if all(r["status"] == "succeeded" for r in rows) else 1

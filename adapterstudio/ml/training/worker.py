@@ -1,0 +1,415 @@
+"""The training child: ``accelerate launch -m adapterstudio.ml.training.worker RUN_DIR``.
+
+Reads ``RUN_DIR/spec.yaml``, ``RUN_DIR/job.json`` and the prepared splits in
+``RUN_DIR/data``; appends JSON-lines events to ``RUN_DIR/events.jsonl`` (and stdout) from
+process 0; checkpoints to ``RUN_DIR/checkpoints/step-N`` (Accelerate ``save_state``,
+trainable weights only, plus ``progress.json``) and resumes from the newest one found;
+stops cooperatively when ``RUN_DIR/stop`` appears (after checkpointing); exports the
+best checkpoint's adapter to ``RUN_DIR/adapter`` and writes ``RUN_DIR/result.json``.
+
+Exit codes: 0 done, 3 cancelled (checkpoint kept), 75 out of memory (the supervisor
+halves the micro-batch and resumes), 1 error (an ``error`` event says why).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_CANCELLED = 3
+EXIT_OOM = 75
+
+
+class Events:
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.fh = path.open("a", encoding="utf-8") if enabled else None
+
+    def __call__(self, event: str, **data: Any) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps({"event": event, "time": time.time(), **data}, default=_jsonable)
+        self.fh.write(line + "\n")  # type: ignore[union-attr]
+        self.fh.flush()  # type: ignore[union-attr]
+        print(line, flush=True)
+
+
+def _jsonable(o: Any) -> Any:
+    try:
+        return float(o)
+    except (TypeError, ValueError):
+        return str(o)
+
+
+def peak_memory(device: Any) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss * (1 if sys.platform == "darwin" else 1024))
+    except (ImportError, OSError):
+        return 0
+
+
+def choose_precision(spec: Any, device_type: str) -> str:
+    import torch
+
+    if spec.precision != "auto":
+        return {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[spec.precision]
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"  # CPU/MPS: fp32 (CPU autocast is rarely faster for training)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ck = run_dir / "checkpoints"
+    if not ck.is_dir():
+        return None
+    done = [p for p in ck.iterdir() if p.name.startswith("step-") and (p / "progress.json").is_file()]
+    if not done:
+        return None
+    return max(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_dir = Path(argv[0]).resolve()
+    from adapterstudio.ml.training.spec import TrainingSpec
+
+    spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")
+    job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+    rank = int(os.environ.get("RANK", "0"))
+    events = Events(run_dir / "events.jsonl", enabled=rank == 0)
+    try:
+        return train(spec, job, run_dir, events)
+    except Exception as exc:
+        import traceback
+
+        from adapterstudio.core.errors import UserError
+
+        if _is_oom(exc):
+            events("oom", message=str(exc).splitlines()[0] if str(exc) else "out of memory",
+                   batch_size=spec.batch_size, grad_accum=spec.grad_accum)
+            return EXIT_OOM
+        if isinstance(exc, UserError):
+            events("error", message=str(exc), kind=type(exc).__name__)
+        else:
+            events("error", message=f"{type(exc).__name__}: {exc}", kind="internal", traceback=traceback.format_exc())
+        traceback.print_exc()
+        return 1
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
+    return isinstance(exc, oom_types) or "out of memory" in str(exc).lower()[:200]
+
+
+def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training.data import PreparedData
+    from adapterstudio.ml.training.spec import HIGHER_IS_BETTER
+
+    t_start = time.time()
+    cpu = spec.cpu or job.get("device") == "cpu"
+    probe_device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+    accelerator = Accelerator(mixed_precision=choose_precision(spec, probe_device), cpu=cpu)
+    set_seed(spec.seed)
+    device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    data = PreparedData.read(run_dir / "data")
+    base_path = job["base_path"]
+    tok = M.load_tokenizer(base_path, spec.task)
+    model = M.load_base_model(spec, base_path, data.labels)
+    model, info = M.apply_strategy(model, spec)
+    if spec.task == "causal-lm" and getattr(model, "config", None) is not None and hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+
+    train_ex = M.encode(data.train, tok, spec, data.labels, base_path, model.config)
+    val_ex = M.encode(data.validation, tok, spec, data.labels, base_path, model.config) if data.validation else []
+    test_ex = M.encode(data.test, tok, spec, data.labels, base_path, model.config) if data.test else []
+    pad_id = tok.pad_token_id if tok is not None else 0
+    n_labels = len(data.labels or [])
+
+    mb = int(spec.batch_size)
+    ga = int(spec.grad_accum)
+    lengths = [M.example_tokens(e) for e in train_ex]
+    micro_per_epoch = len(M.length_grouped_batches(lengths, mb, spec.seed, False)) // world
+    if micro_per_epoch < 1:
+        from adapterstudio.core.errors import InvalidInput
+
+        raise InvalidInput(f"The training split has {len(train_ex)} examples, fewer than one batch of {mb} per process; "
+                           "lower --batch-size or add data.")
+    steps_per_epoch = math.ceil(micro_per_epoch / ga)
+    total_steps = spec.max_steps or max(1, math.ceil(spec.epochs * steps_per_epoch))
+    if spec.max_steps and spec.epochs > 0:
+        total_steps = min(total_steps, max(1, math.ceil(spec.epochs * steps_per_epoch))) if job.get("epochs_cap") else total_steps
+
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(M.param_groups(model, spec, info), lr=spec.lr)
+    scheduler = get_scheduler(spec.schedule, optimizer, num_warmup_steps=int(spec.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    # the scheduler is not prepared: accelerate would step it once per process, and total_steps already counts
+    # optimizer steps across processes; it is still saved and restored with the checkpoint
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    trainable_names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+
+    def trim_weights(models: list, weights: list, output_dir: str) -> None:
+        if spec.strategy == "full":
+            return
+        for i, sd in enumerate(weights):
+            weights[i] = {k: v for k, v in sd.items() if k in trainable_names}
+
+    accelerator.register_save_state_pre_hook(trim_weights)
+
+    progress: dict[str, Any] = {"step": 0, "epoch": 0, "micro_done": 0, "best": None, "best_step": None,
+                                "bad_evals": 0, "history": [], "elapsed": 0.0, "stopped_early": False,
+                                "batch_size": mb, "grad_accum": ga}
+    resumed_from = None
+    ck = latest_checkpoint(run_dir)
+    if ck is not None:
+        accelerator.load_state(str(ck), strict=False)
+        prev = json.loads((ck / "progress.json").read_text(encoding="utf-8"))
+        # samples already consumed this epoch stay consumed even if the micro-batch changed (after an OOM)
+        samples_done = prev["micro_done"] * prev["batch_size"]
+        prev["micro_done"] = samples_done // mb
+        prev["batch_size"], prev["grad_accum"] = mb, ga
+        progress.update(prev)
+        resumed_from = ck.name
+
+    higher = HIGHER_IS_BETTER.get(spec.metric, False)
+    events("start", pid=os.getpid(), world_size=world, device=str(device), precision=accelerator.mixed_precision, total_steps=total_steps,
+           steps_per_epoch=steps_per_epoch, train_examples=len(train_ex), validation_examples=len(val_ex),
+           test_examples=len(test_ex), trainable_params=info["trainable_params"], total_params=info["total_params"],
+           batch_size=mb, grad_accum=ga, resumed_from=resumed_from, step=progress["step"], head_modules=info["head_modules"],
+           unfrozen_layers=info["unfrozen_layers"])
+
+    def to_dev(batch: dict) -> dict:
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def do_eval(examples: list) -> dict[str, float]:
+        # every process scores the whole (small) evaluation split: identical metrics, no collectives
+        order = sorted(range(len(examples)), key=lambda i: M.example_tokens(examples[i]))
+        bs = max(mb, 8)
+        batches = [to_dev(M.collate([examples[i] for i in order[j:j + bs]], pad_id, spec.task))
+                   for j in range(0, len(order), bs)]
+        return M.evaluate_model(accelerator.unwrap_model(model), batches, spec.task, n_labels, None)
+
+    def save_checkpoint() -> Path:
+        path = run_dir / "checkpoints" / f"step-{progress['step']}"
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(path))
+        if accelerator.is_main_process:
+            progress["elapsed"] = elapsed()
+            (path / "progress.json").write_text(json.dumps(progress), encoding="utf-8")
+            for old in sorted((run_dir / "checkpoints").iterdir(), key=lambda p: p.stat().st_mtime)[:-2]:
+                if old != path and old.name.startswith("step-"):
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        events("checkpoint", step=progress["step"], path=str(path))
+        return path
+
+    def save_adapter(dest: Path) -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            m = accelerator.unwrap_model(model)
+            m.save_pretrained(str(tmp), safe_serialization=True)
+            if spec.strategy == "full" and tok is not None:
+                tok.save_pretrained(str(tmp))
+            spec.save(tmp / "training_spec.yaml")
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        accelerator.wait_for_everyone()
+
+    t0 = time.time()
+
+    def elapsed() -> float:
+        return float(progress.get("elapsed_base", 0.0)) + (time.time() - t0)
+
+    progress["elapsed_base"] = progress.get("elapsed", 0.0)
+    stop_file = run_dir / "stop"
+    oom_above = int(os.environ.get("ADAPTERSTUDIO_SIMULATE_OOM_ABOVE_BATCH", "0") or 0)
+
+    supervisor = int(os.environ.get("ADAPTERSTUDIO_SUPERVISOR_PID", "0") or 0)
+
+    def stop_requested() -> bool:
+        # a stop file, or the supervising app gone (then keep a checkpoint and let it be resumed)
+        from adapterstudio.core.runs import pid_alive
+
+        stop = stop_file.exists() or (supervisor > 0 and not pid_alive(supervisor))
+        flag = torch.tensor([1.0 if stop else 0.0], device=device)
+        if world > 1:
+            flag = accelerator.reduce(flag, reduction="max")
+        return bool(flag.item() > 0)
+
+    model.train()
+    window_t, window_samples, window_tokens = time.time(), 0, 0
+    last_loss = float("nan")
+    done = progress["step"] >= total_steps
+    while not done:
+        epoch = progress["epoch"]
+        batches = M.length_grouped_batches(lengths, mb, spec.seed + epoch, spec.group_by_length)
+        mine = batches[rank::world][:micro_per_epoch]
+        groups = [list(range(i, min(i + ga, len(mine)))) for i in range(0, len(mine), ga)]
+        start_micro = progress["micro_done"]
+        for grp in groups:
+            if grp[-1] < start_micro:
+                continue
+            grp = [g for g in grp if g >= start_micro] or grp
+            step_loss = torch.zeros((), device=device)
+            n_tok = 0
+            n_samp = 0
+            for k, gi in enumerate(grp):
+                batch = to_dev(M.collate([train_ex[i] for i in mine[gi]], pad_id, spec.task))
+                if oom_above and mb > oom_above and progress["step"] >= 1:
+                    raise torch.OutOfMemoryError(f"simulated out of memory at micro-batch {mb} (test hook)")
+                n_samp += len(mine[gi])
+                n_tok += int(batch["attention_mask"].sum()) if "attention_mask" in batch else len(mine[gi])
+                ctx = accelerator.no_sync(model) if k < len(grp) - 1 else _null()
+                with ctx, accelerator.autocast():
+                    out = model(**batch)
+                    loss = out.loss / len(grp)
+                accelerator.backward(loss)
+                step_loss += loss.detach()
+            if spec.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress["step"] += 1
+            progress["micro_done"] = grp[-1] + 1
+            step = progress["step"]
+            if world > 1:
+                stats = accelerator.reduce(torch.tensor([float(step_loss), n_samp, n_tok], device=device), reduction="sum")
+                last_loss, n_samp, n_tok = float(stats[0]) / world, int(stats[1]), int(stats[2])
+            else:
+                last_loss = float(step_loss)
+            window_samples += n_samp
+            window_tokens += n_tok
+            if step % spec.log_every == 0 or step == total_steps:
+                dt = max(time.time() - window_t, 1e-9)
+                rate = window_samples / dt
+                remaining = (total_steps - step) * (mb * ga * world) / max(rate, 1e-9)
+                events("step", step=step, total_steps=total_steps, epoch=epoch + progress["micro_done"] / max(len(mine), 1),
+                       loss=last_loss, lr=scheduler.get_last_lr()[0], samples_per_s=rate, tokens_per_s=window_tokens / dt,
+                       eta_s=remaining, peak_memory=peak_memory(device), elapsed_s=elapsed())
+                window_t, window_samples, window_tokens = time.time(), 0, 0
+            end_of_epoch = grp is groups[-1]
+            want_eval = bool(val_ex) and ((spec.eval_every and step % spec.eval_every == 0) or
+                                          (not spec.eval_every and end_of_epoch) or step >= total_steps)
+            saved = False
+            if want_eval:
+                metrics = do_eval(val_ex)
+                entry = {"epoch": round(epoch + progress["micro_done"] / max(len(mine), 1), 4), "step": step,
+                         "train_loss": last_loss, **{f"eval_{k}": v for k, v in metrics.items()}}
+                progress["history"].append(entry)
+                value = metrics.get(spec.metric, metrics["loss"])
+                improved = progress["best"] is None or (value > progress["best"] if higher else value < progress["best"])
+                if improved:
+                    progress["best"], progress["best_step"], progress["bad_evals"] = value, step, 0
+                    save_adapter(run_dir / "best")
+                else:
+                    progress["bad_evals"] += 1
+                events("eval", step=step, epoch=entry["epoch"], metrics=metrics, best=progress["best"],
+                       best_step=progress["best_step"], improved=improved)
+                if spec.early_stopping_patience and progress["bad_evals"] >= spec.early_stopping_patience:
+                    progress["stopped_early"] = True
+                    events("early_stop", step=step, patience=spec.early_stopping_patience)
+                    done = True
+            elif not val_ex:
+                progress["history"].append({"epoch": epoch, "step": step, "train_loss": last_loss}) if end_of_epoch else None
+            if step >= total_steps:
+                done = True
+            if spec.save_every and step % spec.save_every == 0 and not done:
+                save_checkpoint()
+                saved = True
+            if stop_requested():
+                if not saved:
+                    save_checkpoint()
+                events("cancelled", step=step)
+                return EXIT_CANCELLED
+            if done:
+                break
+        if not done:
+            progress["epoch"] += 1
+            progress["micro_done"] = 0
+    save_checkpoint()
+
+    # export: the best validation checkpoint (or the final weights without validation data)
+    best_dir = run_dir / "best"
+    if not val_ex or not best_dir.exists():
+        save_adapter(best_dir)
+    elif progress["best_step"] != progress["step"]:
+        _load_best(accelerator.unwrap_model(model), best_dir, spec)
+    final_val = do_eval(val_ex) if val_ex else {}
+    test = do_eval(test_ex) if test_ex else {}
+    if accelerator.is_main_process:
+        dest = run_dir / "adapter"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(best_dir, dest)
+    duration = elapsed()
+    result = {
+        "status": "succeeded", "world_size": world, "device": str(device), "precision": accelerator.mixed_precision,
+        "steps": progress["step"], "best_step": progress["best_step"], "best_metric": progress["best"],
+        "metric": spec.metric, "stopped_early": progress["stopped_early"], "history": progress["history"],
+        "final": final_val, "test": test, "trainable_params": info["trainable_params"], "total_params": info["total_params"],
+        "duration_s": duration, "peak_memory": peak_memory(device), "train_examples": len(train_ex),
+        "batch_size": mb, "grad_accum": ga, "wall_s": time.time() - t_start,
+    }
+    if accelerator.is_main_process:
+        tmp = run_dir / "result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2, default=_jsonable), encoding="utf-8")
+        os.replace(tmp, run_dir / "result.json")
+    events("done", **result)
+    accelerator.end_training()
+    return 0
+
+
+def _load_best(model: Any, best_dir: Path, spec: Any) -> None:
+    from safetensors.torch import load_file
+
+    if spec.strategy == "full":
+        files = sorted(best_dir.glob("*.safetensors"))
+        sd: dict = {}
+        for f in files:
+            sd.update(load_file(str(f)))
+        model.load_state_dict(sd, strict=False)
+        return
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, load_file(str(best_dir / "adapter_model.safetensors")))
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None
+
+
+def _null() -> _Null:
+    return _Null()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

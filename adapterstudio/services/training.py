@@ -1,0 +1,542 @@
+"""Training use cases: prepare a run, supervise its child process, import the result.
+
+The job runs as ``python -m accelerate.commands.launch ... -m adapterstudio.ml.training.worker
+RUN_DIR`` in a child process (one or many processes: the same code path). The functions
+here are plain functions taking a :class:`TaskContext`; callers (CLI, GUI) run them in a
+worker thread. They read the child's JSON-lines events from ``RUN_DIR/events.jsonl`` and
+record the run in the catalogue's ``runs`` table.
+
+On success the adapter is imported with ``source="train"``, the run id and its lineage
+(spec, base, dataset hash, labels, chat template, metrics, versions, hardware...). A
+``full`` fine-tune is a whole model, not an adapter: it is copied to
+``<library>/models/<name>`` and registered as a new *base* whose notes name its parent,
+with the same lineage in ``lineage.json`` beside the weights and in the run record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapterstudio.core.context import NULL_CONTEXT, TaskContext
+from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError
+from adapterstudio.core.fsutil import atomic_write_text
+from adapterstudio.core.runs import RESUMABLE, RunRecord, RunStore
+from adapterstudio.ml.training.spec import TrainingSpec, estimate_memory
+
+EXIT_CANCELLED = 3
+EXIT_OOM = 75
+STOP_GRACE_S = 120.0
+
+
+class TrainingFailed(UserError):
+    """The training child failed; the message says why (and the run stays resumable)."""
+
+
+@dataclass
+class TrainOutcome:
+    run: RunRecord
+    adapter: Any | None  # AdapterRecord (or BaseRecord for a full fine-tune)
+    result: dict[str, Any]
+
+
+def runs(lib: Any) -> RunStore:
+    return RunStore(lib.catalogue)
+
+
+# -- preparing --------------------------------------------------------------------
+def resolve_spec(lib: Any, spec: TrainingSpec) -> tuple[TrainingSpec, Any]:
+    """Validate *spec* against the catalogue; fill defaults for the base's size."""
+    spec.validate()
+    base = lib.catalogue.get_base(spec.base)
+    if not base.path or not Path(base.path).exists():
+        raise NotFound(f"Base model {base.name!r} has no local files to train on; download it first.")
+    if not spec.name:
+        spec = spec.replace(name=f"{base.name.split('/')[-1]}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if spec.strategy == "full":
+        if lib.catalogue.find_base(spec.name) is not None:
+            raise AlreadyExists(f"A base model named {spec.name!r} is already in the catalogue; choose another --name.")
+    elif lib.catalogue.find_adapter(spec.name) is not None:
+        raise AlreadyExists(f"An adapter named {spec.name!r} is already in the catalogue; choose another --name.")
+    for key in ("data", "validation", "test", "accelerate_config"):
+        v = getattr(spec, key)
+        if v:
+            setattr(spec, key, str(Path(v).expanduser().resolve()))
+    return spec.with_defaults(base.num_parameters).validate(), base
+
+
+def memory_estimate(lib: Any, spec: TrainingSpec) -> dict[str, Any]:
+    """The "will it fit" estimate for *spec* on this machine (no torch import on CPU-only paths)."""
+    base = lib.catalogue.get_base(spec.base)
+    _, config = lib.catalogue.base_details(base.name)
+    device, available = _device_memory(spec)
+    return estimate_memory(spec, config, base.num_parameters, device, available).to_json()
+
+
+def _device_memory(spec: TrainingSpec) -> tuple[str, int | None]:
+    if not spec.cpu:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                free, _ = torch.cuda.mem_get_info()
+                return torch.cuda.get_device_name(0), int(free)
+        except Exception:
+            pass
+    try:
+        import psutil
+
+        return "cpu", int(psutil.virtual_memory().available)
+    except ImportError:
+        return "cpu", None
+
+
+def prepare_run(lib: Any, spec: TrainingSpec, ctx: TaskContext = NULL_CONTEXT, *, status: str = "queued",
+                prepared_from: Path | None = None) -> RunRecord:
+    """Check everything, split the data into the run folder, and record the run."""
+    from adapterstudio.ml.training.data import PreparedData, prepare
+
+    spec, base = resolve_spec(lib, spec)
+    ctx.log(f"checking and splitting {spec.data}")
+    if prepared_from is not None:
+        prepared = PreparedData.read(prepared_from)
+    else:
+        prepared = prepare(spec)
+    for w in prepared.warnings:
+        ctx.log(f"warning: {w}")
+    store = runs(lib)
+    run = store.create(name=spec.name, spec=spec.to_dict(), base_id=base.id, status=status)
+    run_dir = Path(run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepared.write(run_dir / "data")
+    spec.save(run_dir / "spec.yaml")
+    job = {"run_id": run.id, "base_path": base.path, "base": {"name": base.name, "hub_id": base.hub_id,
+           "revision": base.revision, "content_hash": base.content_hash}, "labels": prepared.labels,
+           "columns": prepared.columns, "dataset": prepared.dataset}
+    atomic_write_text(run_dir / "job.json", json.dumps(job, indent=2))
+    est = memory_estimate(lib, spec)
+    store.update(run.id, metrics={"estimate": est, "sizes": {"train": len(prepared.train),
+                                                             "validation": len(prepared.validation), "test": len(prepared.test)}})
+    if est.get("fits") is False:
+        ctx.log("warning: " + "; ".join(est["notes"]))
+    return store.get(run.id)
+
+
+# -- running ------------------------------------------------------------------------
+def train(lib: Any, spec: TrainingSpec, ctx: TaskContext = NULL_CONTEXT) -> TrainOutcome:
+    """Prepare and run one job to the end (the CLI's ``train``)."""
+    run = prepare_run(lib, spec, ctx, status="queued")
+    return run_job(lib, run.id, ctx)
+
+
+def resume(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT) -> TrainOutcome:
+    run = runs(lib).get(run_id)
+    if run.status == "succeeded":
+        raise InvalidInput(f"Run {run.id} already finished; its adapter is {run.adapter!r}.")
+    if run.status == "running":
+        raise InvalidInput(f"Run {run.id} is running in another process (pid {run.pid}).")
+    return run_job(lib, run.id, ctx)
+
+
+def cancel(lib: Any, run_id: str) -> RunRecord:
+    """Ask a run to stop at its next step (it checkpoints first). Works from any process."""
+    store = runs(lib)
+    run = store.get(run_id)
+    if run.status == "queued":
+        return store.update(run.id, status="cancelled", queue_position=None, finished_at=time.time())
+    if run.status != "running":
+        raise InvalidInput(f"Run {run.id} is {run.status}, not running.")
+    (Path(run.run_dir) / "stop").touch()
+    return run
+
+
+def run_job(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT) -> TrainOutcome:
+    """Supervise a prepared run (queued, interrupted, failed or cancelled) until it ends."""
+    store = runs(lib)
+    run = store.get(run_id)
+    if run.status == "succeeded":
+        raise InvalidInput(f"Run {run.id} already finished.")
+    if not store.claim(run.id, os.getpid()):
+        raise InvalidInput(f"Run {run.id} is already running in another process.")
+    run_dir = Path(run.run_dir)
+    (run_dir / "stop").unlink(missing_ok=True)
+    spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")
+    attempts = 0
+    while True:
+        attempts += 1
+        rc, info = _launch_and_watch(spec, run_dir, run.id, store, ctx)
+        if rc == 0:
+            break
+        # accelerate's launcher turns the worker's exit code into 1: the events say what happened
+        if (rc == EXIT_OOM or info.get("oom")) and spec.batch_size and spec.batch_size > 1 and attempts < 8:
+            new_bs, new_ga = spec.batch_size // 2, spec.grad_accum * 2
+            msg = (f"out of memory at micro-batch {spec.batch_size}: retrying with micro-batch {new_bs} and gradient "
+                   f"accumulation {new_ga} (same effective batch), from the last checkpoint")
+            ctx.log(msg)
+            _append_event(run_dir, "oom_retry", message=msg, batch_size=new_bs, grad_accum=new_ga)
+            spec = spec.replace(batch_size=new_bs, grad_accum=new_ga)
+            spec.save(run_dir / "spec.yaml")
+            store.update(run.id, spec=spec.to_dict())
+            continue
+        status, err = _failure(rc, info, ctx)
+        store.update(run.id, status=status, error=err, finished_at=time.time(),
+                     last_checkpoint=_latest_checkpoint(run_dir), pid=None)
+        if status == "cancelled":
+            from adapterstudio.core.errors import Cancelled
+
+            raise Cancelled(f"run {run.id} cancelled; resume it with 'adapterstudio train --resume {run.id}'")
+        raise TrainingFailed(f"Training run {run.id} {err}", hint=f"resume it with 'adapterstudio train --resume {run.id}'"
+                             if status == "interrupted" else f"the worker log is {run_dir / 'worker.log'}")
+    result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    ctx.progress(1, 1, "importing into the catalogue")
+    try:
+        rec = _import_result(lib, run.id, spec, run_dir, result, ctx)
+    except UserError as exc:
+        store.update(run.id, status="failed", error=f"could not import the trained adapter: {exc}", finished_at=time.time())
+        raise
+    return TrainOutcome(run=store.get(run.id), adapter=rec, result=result)
+
+
+def _failure(rc: int, info: dict[str, Any], ctx: TaskContext) -> tuple[str, str]:
+    if rc == EXIT_CANCELLED or info.get("cancelled"):
+        return "cancelled", "was cancelled; its last checkpoint is kept"
+    if info.get("error"):
+        return "failed", f"failed: {info['error']}"
+    if rc < 0 or rc in (128 + 9, 128 + 15, 137, 143):
+        sig = -rc if rc < 0 else rc - 128
+        return "interrupted", f"stopped: its process was killed (signal {sig}); it can resume from its last checkpoint"
+    if rc == EXIT_OOM or info.get("oom"):
+        return "failed", "ran out of memory even with a micro-batch of 1; lower max_length or use lora"
+    return "failed", f"failed (exit code {rc}); see {info.get('log')}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_command(spec: TrainingSpec, run_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if spec.accelerate_config:
+        cmd += ["--config_file", spec.accelerate_config]
+    else:
+        cmd += ["--num_machines", "1", "--dynamo_backend", "no"]
+        if spec.num_processes > 1:
+            # torchrun-style launcher for N processes; on CPU the worker's Accelerator(cpu=True) then
+            # sets up DDP over gloo (accelerate's own --cpu launcher wants mpirun for that)
+            cmd += ["--multi_gpu"]
+    cmd += ["--num_processes", str(spec.num_processes), "--main_process_port", str(_free_port())]
+    if spec.cpu and spec.num_processes == 1:
+        cmd.append("--cpu")
+    cmd += ["-m", "adapterstudio.ml.training.worker", str(run_dir)]
+    return cmd
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def _child_env(cpu: bool = False) -> dict[str, str]:
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["ADAPTERSTUDIO_SUPERVISOR_PID"] = str(os.getpid())
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def _launch_and_watch(spec: TrainingSpec, run_dir: Path, run_id: str, store: RunStore,
+                      ctx: TaskContext) -> tuple[int, dict[str, Any]]:
+    events_path = run_dir / "events.jsonl"
+    offset = events_path.stat().st_size if events_path.exists() else 0
+    log_path = run_dir / "worker.log"
+    info: dict[str, Any] = {"log": str(log_path)}
+    with log_path.open("ab") as log:
+        log.write(f"\n==== launch {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
+        log.flush()
+        proc = subprocess.Popen(launch_command(spec, run_dir), stdout=log, stderr=subprocess.STDOUT, env=_child_env(spec.cpu),
+                                cwd=str(run_dir), start_new_session=True)
+    stop_sent_at: float | None = None
+    history: list[dict[str, Any]] = []
+    metrics = store.get(run_id).metrics
+    buf = b""
+    try:
+        while True:
+            rc = proc.poll()
+            if events_path.exists():
+                with events_path.open("rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+                offset += len(chunk)
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    try:
+                        ev = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    _handle_event(ev, run_id, store, ctx, info, history, metrics)
+            if rc is not None:
+                return rc, info
+            if ctx.cancelled and stop_sent_at is None:
+                (run_dir / "stop").touch()
+                stop_sent_at = time.monotonic()
+                ctx.log("stopping at the next step (a checkpoint is saved first)")
+            if stop_sent_at is not None and time.monotonic() - stop_sent_at > STOP_GRACE_S:
+                ctx.log("the job did not stop in time; killing it")
+                _kill(proc)
+                info["cancelled"] = True
+            time.sleep(0.2)
+    except BaseException:
+        _kill(proc)
+        raise
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        proc.kill()
+    proc.wait()
+
+
+def _handle_event(ev: dict[str, Any], run_id: str, store: RunStore, ctx: TaskContext, info: dict[str, Any],
+                  history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    kind = ev.get("event")
+    if kind == "start":
+        info["start"] = ev
+        metrics.update(trainable_params=ev.get("trainable_params"), total_params=ev.get("total_params"),
+                       device=ev.get("device"), precision=ev.get("precision"), total_steps=ev.get("total_steps"))
+        store.update(run_id, world_size=ev.get("world_size"), metrics=metrics)
+        ctx.log(f"training on {ev.get('device')} x{ev.get('world_size')} ({ev.get('precision')}), "
+                f"{ev.get('trainable_params'):,} trainable of {ev.get('total_params'):,} parameters"
+                + (f", resumed from {ev['resumed_from']}" if ev.get("resumed_from") else ""))
+    elif kind == "step":
+        info["last_step"] = ev
+        ctx.progress(ev["step"], ev["total_steps"],
+                     f"loss {ev['loss']:.4f} | {ev['samples_per_s']:.1f} samples/s | eta {ev['eta_s']:.0f}s")
+    elif kind == "eval":
+        m = ev.get("metrics", {})
+        metrics.setdefault("history", []).append({"step": ev["step"], "epoch": ev["epoch"], **{f"eval_{k}": v for k, v in m.items()}})
+        store.update(run_id, metrics=metrics)
+        ctx.log(f"step {ev['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)))
+    elif kind == "checkpoint":
+        store.update(run_id, last_checkpoint=ev.get("path"))
+    elif kind == "error":
+        info["error"] = ev.get("message")
+    elif kind == "oom":
+        info["oom"] = True
+        ctx.log(f"out of memory: {ev.get('message')}")
+    elif kind == "cancelled":
+        info["cancelled"] = True
+    elif kind == "early_stop":
+        ctx.log(f"early stop at step {ev.get('step')}: no improvement in {ev.get('patience')} evaluations")
+
+
+def _append_event(run_dir: Path, kind: str, **data: Any) -> None:
+    with (run_dir / "events.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"event": kind, "time": time.time(), **data}) + "\n")
+
+
+def _latest_checkpoint(run_dir: Path) -> str | None:
+    ck = run_dir / "checkpoints"
+    if not ck.is_dir():
+        return None
+    done = [p for p in ck.iterdir() if p.name.startswith("step-") and (p / "progress.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+# -- importing -------------------------------------------------------------------------
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("adapterstudio", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def base_chat_template(base_path: str) -> str | None:
+    p = Path(base_path)
+    jinja = p / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        f = p / name
+        if f.is_file():
+            try:
+                t = json.loads(f.read_text(encoding="utf-8")).get("chat_template")
+            except (ValueError, OSError):
+                continue
+            if isinstance(t, str):
+                return t
+            if isinstance(t, list) and t:
+                return next((x.get("template") for x in t if x.get("name") == "default"), t[0].get("template"))
+    return None
+
+
+def build_lineage(run_id: str, spec: TrainingSpec, job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    task = spec.task
+    cols = job.get("columns", {})
+    return {
+        "run_id": run_id, "task": task, "strategy": spec.strategy, "spec": spec.to_dict(), "base": job["base"],
+        "dataset": job["dataset"], "labels": job.get("labels"),
+        "chat_template": base_chat_template(job["base_path"]) if task == "causal-lm" else None,
+        "text_column": cols.get("text_column") or cols.get("messages_column") or cols.get("prompt_column") or cols.get("image_column"),
+        "label_column": cols.get("label_column") or cols.get("response_column"),
+        "columns": cols,
+        "metrics": {"history": result.get("history", []), "final": result.get("final", {}), "test": result.get("test", {})},
+        "library_versions": library_versions(), "seed": spec.seed,
+        "hardware": {"device": result.get("device"), "precision": result.get("precision"), "platform": platform.platform(),
+                     "machine": platform.machine(), "cpu_count": os.cpu_count(), "peak_memory": result.get("peak_memory")},
+        "duration_s": result.get("duration_s"), "world_size": result.get("world_size"),
+        "trainable_params": result.get("trainable_params"), "total_params": result.get("total_params"),
+        "best_step": result.get("best_step"), "steps": result.get("steps"),
+    }
+
+
+def _import_result(lib: Any, run_id: str, spec: TrainingSpec, run_dir: Path, result: dict[str, Any],
+                   ctx: TaskContext) -> Any:
+    job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+    lineage = build_lineage(run_id, spec, job, result)
+    store = runs(lib)
+    out = run_dir / "adapter"
+    if spec.strategy == "full":
+        dest = lib.root / "models" / spec.name.replace("/", "_")
+        if dest.exists():
+            raise AlreadyExists(f"{dest} already exists; choose another --name.")
+        tmp = dest.with_name("." + dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(out, tmp)
+        atomic_write_text(tmp / "lineage.json", json.dumps(lineage, indent=2, default=str))
+        os.replace(tmp, dest)
+        rec = lib.add_base(dest, name=spec.name, ctx=ctx)
+        lib.catalogue.update_base(rec.name, notes=f"full fine-tune of {job['base']['name']} (run {run_id}); lineage in lineage.json")
+        store.update(run_id, status="succeeded", metrics={**result, "lineage": lineage}, world_size=result.get("world_size"),
+                     finished_at=time.time(), pid=None, last_checkpoint=_latest_checkpoint(run_dir))
+        return lib.catalogue.get_base(rec.name)
+    rec = lib.import_adapter(out, spec.name, base=spec.base, source="train", run_id=run_id, lineage=lineage,
+                             tags=[f"task:{spec.task}", f"strategy:{spec.strategy}"], ctx=ctx)
+    store.update(run_id, status="succeeded", adapter_id=rec.id, metrics=result, world_size=result.get("world_size"),
+                 finished_at=time.time(), pid=None, last_checkpoint=_latest_checkpoint(run_dir))
+    return rec
+
+
+# -- the queue ---------------------------------------------------------------------
+def enqueue(lib: Any, spec: TrainingSpec, ctx: TaskContext = NULL_CONTEXT) -> RunRecord:
+    return prepare_run(lib, spec, ctx, status="queued")
+
+
+def run_queue(lib: Any, ctx: TaskContext = NULL_CONTEXT, *, limit: int | None = None,
+              keep_going: bool = True) -> list[dict[str, Any]]:
+    """Run queued jobs one after the other (the accelerator is one slot). Failures are recorded, not fatal."""
+    done: list[dict[str, Any]] = []
+    store = runs(lib)
+    while limit is None or len(done) < limit:
+        q = store.queue()
+        if not q:
+            break
+        run = q[0]
+        ctx.log(f"starting queued run {run.id} ({run.name})")
+        try:
+            out = run_job(lib, run.id, ctx)
+            done.append({"run": out.run.id, "name": run.name, "status": "succeeded"})
+        except UserError as exc:
+            done.append({"run": run.id, "name": run.name, "status": store.get(run.id).status, "error": str(exc)})
+            if not keep_going:
+                break
+        ctx.check_cancelled()
+    return done
+
+
+# -- comparison ----------------------------------------------------------------------
+def compare(lib: Any, spec: TrainingSpec, strategies: list[str], ctx: TaskContext = NULL_CONTEXT) -> list[dict[str, Any]]:
+    """Train each strategy on the same split; one row per strategy (the playbook's table)."""
+    from adapterstudio.ml.training.data import prepare
+
+    if not strategies:
+        raise InvalidInput("Name at least one strategy to compare (e.g. head,lora,full).")
+    if not spec.test and spec.test_fraction == 0:
+        spec = spec.replace(test_fraction=0.2)
+    prefix = spec.name or f"{spec.base.split('/')[-1]}-cmp-{time.strftime('%Y%m%d-%H%M%S')}"
+    first, _ = resolve_spec(lib, spec.replace(name=f"{prefix}-{strategies[0]}", strategy=strategies[0]))
+    shared = lib.root / "runs" / f".compare-{prefix}"
+    prepare(first).write(shared)  # one split for all strategies
+    rows = []
+    try:
+        for s in strategies:
+            ctx.check_cancelled()
+            ctx.log(f"== {s} ==")
+            sub = spec.replace(strategy=s, name=f"{prefix}-{s}", lr=spec.lr if len(strategies) == 1 else None)
+            run = prepare_run(lib, sub, ctx, status="queued", prepared_from=shared)
+            try:
+                out = run_job(lib, run.id, ctx)
+            except UserError as exc:
+                rows.append({"strategy": s, "run": run.id, "status": runs(lib).get(run.id).status, "error": str(exc)})
+                continue
+            r = out.result
+            metric = r.get("metric") or "loss"
+            rows.append({
+                "strategy": s, "run": run.id, "adapter": getattr(out.adapter, "name", None), "status": "succeeded",
+                "trainable_params": r.get("trainable_params"), "total_params": r.get("total_params"), "metric": metric,
+                "val": r.get("final", {}).get(metric), "test": r.get("test", {}).get(metric),
+                "val_metrics": r.get("final", {}), "test_metrics": r.get("test", {}),
+                "train_time_s": r.get("duration_s"), "peak_memory": r.get("peak_memory"),
+            })
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    return rows
+
+
+# -- evaluation -----------------------------------------------------------------------
+def evaluate(lib: Any, name: str, data: str, ctx: TaskContext = NULL_CONTEXT, *, batch_size: int = 32,
+             base: str | None = None) -> dict[str, Any]:
+    """Score a catalogued adapter (or a full fine-tune base) on a labelled file, in this process."""
+    from adapterstudio.ml.training.evaluate import evaluate_folder
+
+    a = lib.catalogue.find_adapter(name)
+    if a is not None:
+        lineage = a.lineage or {}
+        base_name = base or a.base
+        if base_name is None:
+            raise NotFound(f"Adapter {name!r} has no base in the catalogue; pass --base NAME.")
+        if base:
+            lib.require_compatible(name, base)
+        base_rec = lib.catalogue.get_base(base_name)
+        adapter_path: str | None = a.path
+    else:
+        b = lib.catalogue.find_base(name)
+        if b is None:
+            raise NotFound(f"No adapter or base model named {name!r} is in the catalogue.")
+        lineage_file = Path(b.path or "") / "lineage.json"
+        lineage = json.loads(lineage_file.read_text(encoding="utf-8")) if lineage_file.is_file() else {}
+        base_rec, adapter_path = b, None
+    if not lineage.get("task"):
+        raise InvalidInput(f"{name!r} was not trained by AdapterStudio, so its task and labels are unknown; "
+                           "evaluation needs an adapter with training lineage.")
+    if not base_rec.path:
+        raise NotFound(f"Base model {base_rec.name!r} has no local files.")
+    return evaluate_folder(base_rec.path, adapter_path, lineage, data, ctx, batch_size=batch_size)

@@ -1,0 +1,111 @@
+"""Test inputs for inference: adapters with non-trivial weights, a tiny llama with a tokenizer.
+
+PEFT initialises LoRA's B matrix to zero (and IA3 vectors to one), so a freshly saved
+adapter computes exactly the base model; comparing such adapters against PEFT would
+prove nothing. These builders perturb every adapter weight with seeded noise first.
+The texts are made up for mechanics tests; nothing here is claimed to be real data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
+
+
+def _perturb(model, seed: int, scale: float = 0.2) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def save_adapter(base_dir: Path, out: Path, config, task: str, seed: int, num_labels: int = 2) -> Path:
+    """Build *config* on the base in *base_dir*, perturb its weights, save with plain PEFT."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    if task == "SEQ_CLS":
+        base = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=num_labels)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    model = get_peft_model(base, config)
+    _perturb(model, seed)
+    model.save_pretrained(str(out))
+    return out
+
+
+def minilm_adapters(out: Path, minilm_path: Path) -> dict[str, Path]:
+    from peft import IA3Config, LoraConfig
+
+    specs = {
+        "lora-a": LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"]),
+        "lora-b": LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"]),
+        "lora-c": LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=4, target_modules=["query", "key", "value"],
+                             use_rslora=True),
+        "ia3": IA3Config(task_type="SEQ_CLS", target_modules=["query", "value", "output.dense"],
+                         feedforward_modules=["output.dense"]),
+    }
+    return {name: save_adapter(minilm_path, out / name, cfg, "SEQ_CLS", seed=i + 1)
+            for i, (name, cfg) in enumerate(specs.items())}
+
+
+def byte_tokenizer(out: Path, chat_template: str | None = CHAT_TEMPLATE) -> None:
+    """A byte-level BPE tokenizer with no merges: ids 0-255 are bytes, then <s> </s> <pad>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({"<s>": 256, "</s>": 257, "<pad>": 258})
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(str(out))
+
+
+def tiny_llama(out: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+               intermediate: int = 128, vocab: int = 260, with_tokenizer: bool = True) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+                      bos_token_id=256, eos_token_id=257, pad_token_id=258, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    if with_tokenizer:
+        byte_tokenizer(out)
+    return out
+
+
+def llama_adapters(out: Path, base: Path) -> dict[str, Path]:
+    from peft import IA3Config, LoraConfig
+
+    specs = {
+        "chat-a": LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+        "chat-b": LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=4,
+                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        "chat-ia3": IA3Config(task_type="CAUSAL_LM", target_modules=["k_proj", "v_proj", "down_proj"],
+                              feedforward_modules=["down_proj"]),
+    }
+    return {name: save_adapter(base, out / name, cfg, "CAUSAL_LM", seed=10 + i)
+            for i, (name, cfg) in enumerate(specs.items())}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

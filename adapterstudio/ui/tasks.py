@@ -29,7 +29,46 @@ def adapter_details(ctx, lib, name: str) -> dict[str, Any]:
     readme = Path(rec.path) / "README.md"
     if readme.is_file():
         card = readme.read_text(encoding="utf-8", errors="replace")[:200_000]
-    return {"record": rec, "config": lib.catalogue.adapter_config(name), "card": card}
+    return {"record": rec, "config": lib.catalogue.adapter_config(name), "card": card,
+            "run_series": run_series(lib, rec.run_id) if rec.run_id else {}}
+
+
+def run_series(lib, run_id: str) -> dict[str, tuple[list[float], list[float]]]:
+    """The curves of a training run from its events (every logged step), when the run is still on disk."""
+    import json
+    from pathlib import Path
+
+    try:
+        from adapterstudio.services import training
+    except ImportError:
+        return {}
+    try:
+        run = training.runs(lib).get(run_id)
+    except Exception:  # the run was removed: the lineage's history is all there is
+        return {}
+    path = Path(run.run_dir) / "events.jsonl"
+    if not path.is_file():
+        return {}
+    series: dict[str, tuple[list[float], list[float]]] = {}
+
+    def add(name: str, x: float, y: object) -> None:
+        if isinstance(y, (int, float)) and not isinstance(y, bool):
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(float(x))
+            ys.append(float(y))
+
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("event") == "step":
+            add("train_loss", ev.get("step", 0), ev.get("loss"))
+        elif ev.get("event") == "eval":
+            for k, v in (ev.get("metrics") or {}).items():
+                if k != "n":
+                    add(f"eval_{k}", ev.get("step", 0), v)
+    return series
 
 
 def base_details(ctx, lib, name: str) -> dict[str, Any]:

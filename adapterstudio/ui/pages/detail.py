@@ -18,7 +18,8 @@ from adapterstudio.ui.session import Session
 from adapterstudio.ui.widgets import muted, tool_button
 
 LOSS_KEYS = ("train_loss", "eval_loss", "loss", "val_loss", "validation_loss")
-SKIP_KEYS = ("epoch", "step", "global_step", "learning_rate", "lr", "grad_norm", "time", "elapsed", "throughput")
+SKIP_KEYS = ("epoch", "step", "global_step", "learning_rate", "lr", "grad_norm", "time", "elapsed", "throughput",
+             "n", "eval_n", "test_n")
 
 
 def metric_series(history: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
@@ -59,12 +60,13 @@ class MetricsPlot(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         self.loss = pg.PlotWidget(title="loss")
         self.other = pg.PlotWidget(title="metrics")
-        for p in (self.loss, self.other):
+        for p, where in ((self.loss, (-10, 10)), (self.other, (10, -10))):  # losses fall, metrics rise
             p.showGrid(x=True, y=True, alpha=0.2)
-            p.addLegend(offset=(-10, 10))
+            p.addLegend(offset=where)
             p.setLabel("bottom", "step")
             p.setMinimumHeight(180)
             lay.addWidget(p)
+        self.other.setXLink(self.loss)  # one step axis for both
         self.curves: dict[str, Any] = {}
         self.retheme()
 
@@ -95,7 +97,13 @@ class MetricsPlot(QWidget):
             target = self.loss if ("loss" in name or name in LOSS_KEYS) else self.other
             pen = self.pg.mkPen(self.PALETTE[i % len(self.PALETTE)], width=2)
             self.curves[name] = target.plot(xs, ys, pen=pen, name=name, symbol="o" if len(xs) < 30 else None,
-                                            symbolSize=5, symbolBrush=self.PALETTE[i % len(self.PALETTE)])
+                                            symbolSize=6, symbolBrush=self.PALETTE[i % len(self.PALETTE)])
+        # accuracy-like metrics read best on their natural 0..1 scale
+        other = [y for n, (_x, ys) in series.items() if n not in LOSS_KEYS and "loss" not in n for y in ys]
+        if other and all(0.0 <= y <= 1.0 for y in other):
+            self.other.setYRange(0.0, 1.0, padding=0.02)
+        else:
+            self.other.enableAutoRange(axis="y")
 
 
 class AdapterDetail(QWidget):
@@ -212,7 +220,7 @@ class AdapterDetail(QWidget):
                 ("Parent", a.parent), ("Run", a.run_id), ("Stored at", a.path)]
         self.overview.setHtml(f"<h3>{html.escape(a.name)}</h3>" + _kv_table(rows))
         self.notes.setPlainText(a.notes)
-        self._set_lineage(a.lineage or {})
+        self._set_lineage(a.lineage or {}, details.get("run_series") or {})
         self._set_compat(a, bases)
         self.files.setRowCount(len(a.files))
         for i, f in enumerate(a.files):
@@ -229,7 +237,7 @@ class AdapterDetail(QWidget):
             self.card.setHtml(f"<p style='color:{theme.color('muted')}'>This adapter has no README.md model card. "
                               "One is generated when it is pushed from the Share page.</p>")
 
-    def _set_lineage(self, lin: dict[str, Any]) -> None:
+    def _set_lineage(self, lin: dict[str, Any], run_series: dict[str, Any] | None = None) -> None:
         if not lin:
             self.lineage.setHtml(f"<p style='color:{theme.color('muted')}'>No lineage: this adapter was imported, "
                                  "so its dataset and settings are unknown.</p>")
@@ -257,6 +265,8 @@ class AdapterDetail(QWidget):
             self.lineage.setHtml("".join(parts))
         history = ((lin.get("metrics") or {}).get("history")) or []
         series = metric_series(history)
+        if run_series and sum(len(x) for x, _y in run_series.values()) > sum(len(x) for x, _y in series.values()):
+            series = run_series  # the run's own events: every logged step, not only the evaluations
         self.plot.setVisible(bool(series))
         self.no_metrics.setVisible(not series)
         if series:

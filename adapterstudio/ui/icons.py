@@ -49,9 +49,15 @@ def render(name: str, size: int, color: str | None = None, ratio: float = 1.0) -
 _cache: dict[tuple[str, str], QIcon] = {}
 
 
+NEUTRAL = "#7d8295"  # reads on the light and the dark palette alike
+
+
 def icon(name: str, color: str | QColor | None = None) -> QIcon:
-    """A themed icon; *color* defaults to the application palette's text colour."""
+    """An icon tinted *color*; by default a neutral grey that suits both themes, so icons made
+    before a theme switch stay legible. ``color="text"`` uses the palette's text colour."""
     if color is None:
+        color = NEUTRAL
+    elif color == "text":
         from PySide6.QtWidgets import QApplication
 
         app = QApplication.instance()

@@ -71,7 +71,7 @@ class MainWindow(QMainWindow):
             page.setObjectName(f"page-{key}")
             self.pages[key] = page
             self.stack.addWidget(page)
-            item = QListWidgetItem(icons.icon(icon_name), title)
+            item = QListWidgetItem(icons.icon(icon_name, "text"), title)
             item.setData(Qt.ItemDataRole.UserRole, key)
             item.setToolTip(f"{title} (Ctrl+{len(self.pages)})")
             self.nav.addItem(item)
@@ -174,7 +174,7 @@ class MainWindow(QMainWindow):
 
         reset_icon_cache()
         for i, (_key, _title, icon_name) in enumerate(PAGES):
-            self.nav.item(i).setIcon(icons.icon(icon_name))
+            self.nav.item(i).setIcon(icons.icon(icon_name, "text"))
         for page in self.pages.values():
             if hasattr(page, "retheme"):
                 page.retheme()
@@ -205,8 +205,46 @@ class MainWindow(QMainWindow):
                 if isinstance(data, QByteArray):
                     state.save(f"pages/{key}", data)
 
+    def busy_pages(self) -> list[str]:
+        """Pages with long work under way that closing would stop (a running training queue)."""
+        return [k for k, p in self.pages.items() if getattr(p, "keeps_running", lambda: False)()]
+
+    def _tray(self):
+        from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
+        if getattr(self, "tray", None) is None:
+            self.tray = QSystemTrayIcon(icons.app_icon(), self)
+            menu = QMenu(self)
+            menu.addAction("Show AdapterStudio", self._show_again)
+            menu.addAction("Quit", self.quit_for_real)
+            self.tray.setContextMenu(menu)
+            self.tray.activated.connect(lambda _reason: self._show_again())
+        return self.tray
+
+    def _show_again(self) -> None:
+        self.show()
+        self.raise_()
+        self.activateWindow()
+
+    def quit_for_real(self) -> None:
+        self._quitting = True
+        self.close()
+        QApplication.quit()
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        from PySide6.QtWidgets import QSystemTrayIcon
+
         self.save_state()
+        if self.busy_pages() and not getattr(self, "_quitting", False) and QSystemTrayIcon.isSystemTrayAvailable():
+            # Training keeps going: the window hides to the tray and comes back from there.
+            QApplication.instance().setQuitOnLastWindowClosed(False)  # type: ignore[union-attr]
+            tray = self._tray()
+            tray.show()
+            tray.showMessage("AdapterStudio", "Training continues in the background; click here to reopen the window.",
+                             QSystemTrayIcon.MessageIcon.Information, 8000)
+            self.hide()
+            event.ignore()
+            return
         for page in self.pages.values():
             if hasattr(page, "shutdown"):
                 page.shutdown()

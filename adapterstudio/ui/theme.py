@@ -88,9 +88,10 @@ def stylesheet(c: dict[str, str]) -> str:
     QFrame#Card {{ background: {c['card']}; border: 1px solid {c['border']}; border-radius: 10px; }}
     QFrame#DropZone {{ border: 2px dashed {c['border']}; border-radius: 12px; }}
     QFrame#DropZone[active="true"] {{ border-color: {c['highlight']}; background: {c['alt']}; }}
-    QLineEdit, QComboBox, QSpinBox, QDoubleSpinBox, QPlainTextEdit, QTextEdit, QTextBrowser {{
+    QLineEdit, QComboBox, QPlainTextEdit, QTextEdit, QTextBrowser {{
         border: 1px solid {c['border']}; border-radius: 6px; padding: 4px 6px; background: {c['base']}; }}
     QLineEdit:focus, QComboBox:focus, QPlainTextEdit:focus, QTextEdit:focus {{ border-color: {c['highlight']}; }}
+    QAbstractSpinBox {{ padding: 3px 4px; }}
     QPushButton {{ border: 1px solid {c['border']}; border-radius: 6px; padding: 5px 12px; background: {c['button']}; }}
     QPushButton:hover {{ border-color: {c['highlight']}; }}
     QPushButton:disabled {{ color: {c['muted']}; }}

@@ -216,6 +216,10 @@ class PlaygroundPage(QWidget):
         self.transcript = QTextBrowser()
         self.transcript.setPlaceholderText("Load a base, pick an adapter, then write a prompt.")
         v.addWidget(self.transcript, 3)
+        self.probs_title = QLabel("")
+        self.probs_title.setWordWrap(True)
+        self.probs_title.setStyleSheet("font-size: 14px;")
+        v.addWidget(self.probs_title)
         self.probs = QTableWidget(0, 3)
         self.probs.setHorizontalHeaderLabels(["Label", "Probability", ""])
         self.probs.verticalHeader().hide()
@@ -240,7 +244,9 @@ class PlaygroundPage(QWidget):
             col.addWidget(b)
         row.addLayout(col)
         v.addLayout(row)
-        params = QHBoxLayout()
+        self.params_row = QWidget()
+        params = QHBoxLayout(self.params_row)
+        params.setContentsMargins(0, 0, 0, 0)
         params.addWidget(muted("Max new tokens", wrap=False))
         self.max_new = QSpinBox()
         self.max_new.setRange(1, 8192)
@@ -253,7 +259,7 @@ class PlaygroundPage(QWidget):
         self.temperature.setValue(0.7)
         params.addWidget(self.temperature)
         params.addStretch(1)
-        v.addLayout(params)
+        v.addWidget(self.params_row)
         return w
 
     def _build_compare(self) -> QWidget:
@@ -459,10 +465,10 @@ class PlaygroundPage(QWidget):
         chat = self.task == "CAUSAL_LM"
         self.transcript.setVisible(chat)
         self.probs.setVisible(not chat)
+        self.probs_title.setVisible(not chat)
         self.stop_btn.setVisible(chat)
         self.clear_btn.setVisible(chat)
-        self.max_new.setEnabled(chat)
-        self.temperature.setEnabled(chat)
+        self.params_row.setVisible(chat)
         self.send_btn.setText("Send" if chat else "Classify")
 
     def _switch_to_item(self, item: QListWidgetItem | None) -> None:
@@ -555,6 +561,9 @@ class PlaygroundPage(QWidget):
         self.transcript.clear()
 
     def _show_probs(self, results: list[dict[str, Any]]) -> None:
+        r = results[0]
+        self.probs_title.setText(f"“{html.escape(str(r.get('input', '')))}” → <b>{html.escape(str(r.get('label')))}</b>"
+                                 f" <span style='color:{theme.color('muted')}'>with {self.active or 'the base alone'}</span>")
         probs = sorted((results[0].get("probabilities") or {}).items(), key=lambda kv: -kv[1])
         self.probs.setRowCount(len(probs))
         for i, (label, p) in enumerate(probs):

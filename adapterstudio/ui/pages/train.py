@@ -705,7 +705,7 @@ class TrainPage(QWidget):
             self.runs_model.set_progress(run_id, ev.get("step", 0), ev.get("total_steps", 0))
         elif kind == "eval":
             for k, v in (ev.get("metrics") or {}).items():
-                if isinstance(v, (int, float)):
+                if isinstance(v, (int, float)) and k != "n":  # n: the number of examples, not a metric
                     hist.setdefault(f"eval_{k}", []).append((ev["step"], v))
             log.append(f"step {ev.get('step')}: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in (ev.get("metrics") or {}).items() if isinstance(v, float)))
@@ -798,6 +798,10 @@ class TrainPage(QWidget):
     def restore_state(self, data: QByteArray) -> None:
         if self.available:
             self.splitter.restoreState(data)
+
+    def keeps_running(self) -> bool:
+        """True while this window supervises a training queue (closing the window hides it instead)."""
+        return self.available and self.queue_worker is not None and not self.queue_worker.is_done
 
     def shutdown(self) -> None:
         if self.available:

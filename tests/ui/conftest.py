@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("PySide6")
+# No module-level importorskip here: a skip raised while loading a conftest is an error.
+# Every test module starts with pytest.importorskip("PySide6"), so without Qt nothing here runs.
 
 
 @pytest.fixture
@@ -54,8 +55,9 @@ def wait_loaded(qtbot, page, worker=None, timeout: int = 60000):
 
 
 @pytest.fixture(autouse=True)
-def _app(qapp):
+def _app(request):
     """Every GUI test has the QApplication (icons and pixmaps need it), with our light theme."""
+    qapp = request.getfixturevalue("qapp")
     from adapterstudio.ui import theme
 
     theme.apply(qapp, "light")

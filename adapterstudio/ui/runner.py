@@ -135,6 +135,7 @@ class Worker(QRunnable):
             self.state = "done"
             sig.result.emit(value)
         finally:
+            self.args, self.kwargs = (), {}  # drop references (a token, a model) once done
             sig.finished.emit()
 
 

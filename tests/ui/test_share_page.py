@@ -16,13 +16,16 @@ USER = "alice"
 
 
 @pytest.fixture
-def server(monkeypatch):
+def server(monkeypatch, tmp_path):
     import huggingface_hub.constants as hfc
 
     from tests.hubserver import HubServer
 
     monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)  # the test server is on loopback
     monkeypatch.setattr(hfc, "HF_HUB_DISABLE_XET", True)
+    # huggingface_hub fixes its token paths at import: give each test its own token store
+    monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "hf-token" / "token"))
+    monkeypatch.setattr(hfc, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-token" / "stored_tokens"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     s = HubServer("regular").start()
     s.add_user(USER, TOKEN)

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("PySide6")
 pytest.importorskip("adapterstudio.services.training")
-pytestmark = [pytest.mark.gui, pytest.mark.slow]
+pytestmark = pytest.mark.gui
 
 from tests.ui.conftest import wait_loaded, wait_worker  # noqa: E402
 from tests.ui.test_stall import StallMeter, report  # noqa: E402
@@ -33,6 +33,7 @@ def tiny_setup(qtbot, window, tmp_path):
     return page, data
 
 
+@pytest.mark.slow
 def test_train_page_runs_a_job_end_to_end(qtbot, window, tiny_setup, lib):
     page, data = tiny_setup
     window.show()
@@ -95,3 +96,18 @@ def test_train_page_models(qtmodeltester, tiny_setup):
     qtmodeltester.check(page.compare_model)
     assert page.compare_model.index(0, 5).data() == "0.01%"
     assert page.compare_model.index(1, 1).data() == "failed"
+
+
+def test_bad_form_values_are_readable_errors(qtbot, tiny_setup, errors_shown):
+    page, data = tiny_setup
+    page.base.setCurrentText("tb")
+    page.data.setText(str(data))
+    page.lr.setText("fast")
+    assert page.enqueue() is None  # nothing was queued
+    assert errors_shown[-1][0] == "Cannot do that" and "'fast' is not a number" in errors_shown[-1][1]
+    page.lr.clear()
+    page.data.setText(str(data.parent / "missing.csv"))
+    w = page.preview()
+    with pytest.raises(Exception):
+        wait_worker(qtbot, w)
+    assert "missing.csv" in page.preview_label.text()

@@ -444,13 +444,19 @@ class TrainPage(QWidget):
     def spec_dict(self) -> dict[str, Any]:
         from adapterstudio.ml.training.spec import TrainingSpec
 
+        from adapterstudio.core.errors import InvalidInput
+
         lr = self.lr.text().strip()
+        try:
+            lr_value = float(lr) if lr else None
+        except ValueError:
+            raise InvalidInput(f"The learning rate {lr!r} is not a number; write e.g. 2e-4, or leave it blank.") from None
         d = dataclasses.asdict(TrainingSpec())
         d.update(
             base=self.base.currentText(), data=self.data.text().strip(), task=self.task.currentText(),
             strategy=self.strategy.currentText(), name=self.name.text().strip(),
             text_column=self.text_column.text().strip() or None, label_column=self.label_column.text().strip() or None,
-            epochs=self.epochs.value(), lr=float(lr) if lr else None, batch_size=self.batch_size.value() or None,
+            epochs=self.epochs.value(), lr=lr_value, batch_size=self.batch_size.value() or None,
             max_length=self.max_length.value() or None, lora_r=self.lora_r.value(),
             lora_alpha=self.lora_alpha.value() or None, lora_dropout=self.lora_dropout.value(),
             val_fraction=self.val_fraction.value(), early_stopping_patience=self.patience.value(),
@@ -490,8 +496,11 @@ class TrainPage(QWidget):
     def preview(self):
         if not self.data.text().strip() or self.session.lib is None:
             return None
+        spec = self._spec_or_error()
+        if spec is None:
+            return None
         self.preview_label.setText("Reading the dataset…")
-        return self.session.run(t_preview, self.spec_dict(), label="preview dataset", on_result=self._previewed,
+        return self.session.run(t_preview, spec, label="preview dataset", on_result=self._previewed,
                                 on_error=self._preview_failed)
 
     def _previewed(self, p: dict[str, Any]) -> None:
@@ -521,7 +530,12 @@ class TrainPage(QWidget):
     def estimate(self):
         if not self.base.currentText() or self.session.lib is None:
             return None
-        return self.session.run(t_estimate, self.spec_dict(), label="estimate memory", on_result=self._estimated,
+        try:
+            spec = self.spec_dict()
+        except Exception as exc:  # a half-typed field: say so where the estimate goes
+            self.estimate_label.setText(str(exc))
+            return None
+        return self.session.run(t_estimate, spec, label="estimate memory", on_result=self._estimated,
                                 on_error=lambda exc: self.estimate_label.setText(str(exc)))
 
     def _estimated(self, est: dict[str, Any]) -> None:
@@ -537,10 +551,21 @@ class TrainPage(QWidget):
         parts += list(est.get("notes") or [])
         self.estimate_label.setText("<br>".join(parts))
 
-    def enqueue(self, start: bool = True):
-        if self.session.lib is None:
+    def _spec_or_error(self) -> dict[str, Any] | None:
+        from adapterstudio.core.errors import UserError
+        from adapterstudio.ui import errors
+
+        try:
+            return self.spec_dict()
+        except UserError as exc:
+            errors.show_error(self, exc)
             return None
-        w = self.session.run(t_enqueue, self.spec_dict(), label="prepare run")
+
+    def enqueue(self, start: bool = True):
+        spec = self._spec_or_error()
+        if self.session.lib is None or spec is None:
+            return None
+        w = self.session.run(t_enqueue, spec, label="prepare run")
         w.signals.result.connect(lambda run: self._queued(run, start))
         return w
 
@@ -643,7 +668,10 @@ class TrainPage(QWidget):
 
     def compare(self):
         strategies = [s for s, cb in self.compare_boxes.items() if cb.isChecked()]
-        w = self.session.run(t_compare, self.spec_dict(), strategies, pool=ACCEL, label="compare strategies",
+        spec = self._spec_or_error()
+        if spec is None:
+            return None
+        w = self.session.run(t_compare, spec, strategies, pool=ACCEL, label="compare strategies",
                              changes=True)
         w.signals.log.connect(self._queue_log)
         w.signals.result.connect(self.compare_model.set_rows)

@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         w = MainWindow(home=os.environ.get("ADAPTERSTUDIO_HOME"))
         window.append(w)
         w.show()
+        # Objects alive after start-up (Qt wrappers, modules) move out of the collector's way, so
+        # its full passes stay short and do not pause the event loop.
+        import gc
+
+        from PySide6.QtCore import QTimer
+
+        QTimer.singleShot(0, gc.freeze)
         rc = app.exec()
         w.runner.wait(5000)
         return int(rc)

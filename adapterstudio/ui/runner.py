@@ -211,6 +211,10 @@ class Runner(QObject):
         return w
 
     def _done(self, w: Worker) -> None:
+        import shiboken6
+
+        if not shiboken6.isValid(self):  # the window (and this runner) went away while the task ran
+            return
         if w in self._live:
             self._live.remove(w)
         self.task_finished.emit(w)

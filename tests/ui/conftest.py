@@ -33,10 +33,15 @@ def window(qtbot, home, errors_shown):
     with qtbot.waitSignal(w.pages["library"].loaded, timeout=20000):
         w.session.open()
     yield w
+    w.close()  # pages stop their timers, the playground unloads its model, tasks are cancelled
     w.runner.cancel_all()
     w.runner.wait(60000)
+    qtbot.wait(50)  # deliver the finished tasks' last signals
     if w.session.lib is not None:
         w.session.lib.close()
+    import gc
+
+    gc.collect()  # so one test's models and plots are not collected during the next one's measurements
 
 
 def wait_worker(qtbot, worker, timeout: int = 60000):

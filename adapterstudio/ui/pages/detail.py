@@ -90,13 +90,18 @@ class MetricsPlot(QWidget):
                 if curve in p.listDataItems():
                     p.removeItem(curve)
         for i, (name, (xs, ys)) in enumerate(sorted(series.items())):
+            # Markers only where points are few (evaluations): pyqtgraph's scatter items are
+            # costly to rebuild, and a per-step training curve reads fine as a line.
+            symbol = "o" if len(xs) <= 12 and not name.startswith("train") else None
             curve = self.curves.get(name)
             if curve is not None:
-                curve.setData(xs, ys, symbol="o" if len(xs) < 30 else None)
+                if curve.opts.get("symbol") != symbol:
+                    curve.setSymbol(symbol)
+                curve.setData(xs, ys)
                 continue
             target = self.loss if ("loss" in name or name in LOSS_KEYS) else self.other
             pen = self.pg.mkPen(self.PALETTE[i % len(self.PALETTE)], width=2)
-            self.curves[name] = target.plot(xs, ys, pen=pen, name=name, symbol="o" if len(xs) < 30 else None,
+            self.curves[name] = target.plot(xs, ys, pen=pen, name=name, symbol=symbol,
                                             symbolSize=6, symbolBrush=self.PALETTE[i % len(self.PALETTE)])
         # accuracy-like metrics read best on their natural 0..1 scale
         other = [y for n, (_x, ys) in series.items() if n not in LOSS_KEYS and "loss" not in n for y in ys]

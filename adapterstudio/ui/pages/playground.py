@@ -699,5 +699,8 @@ class PlaygroundPage(QWidget):
             self.splitter.restoreState(data)
 
     def shutdown(self) -> None:
+        """Stop a generation and unload the model (on the accelerator slot, after what is queued)."""
         if self.available and self.inf is not None:
             self.stop()
+            inf, self.inf = self.inf, None
+            self.session.run(t_close, inf, pool=ACCEL, label="unload base", quiet=True)

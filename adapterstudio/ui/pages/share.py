@@ -354,7 +354,7 @@ class SharePage(QWidget):
         split.addWidget(right)
         split.setSizes([560, 480])
         lay.addWidget(split, 1)
-        self.empty = muted("")
+        self.empty = muted("Search to list the adapters a provider offers; pick a base to see the adapters made for it.")
         lay.addWidget(self.empty)
         self.setEnabled(False)
         session.opened.connect(lambda _lib: self.refresh_providers())

@@ -712,11 +712,14 @@ class TrainPage(QWidget):
                 self.run_finished.emit(r)
                 self.notify(r)
             self.statuses[r.id] = r.status
-        self.runs_model.set_runs(res["runs"])
-        if selected is not None:
-            self.select_run(selected.id)
-        elif res["runs"]:
-            self.runs_view.selectRow(0)
+        signature = [(r.id, r.status, r.updated_at) for r in res["runs"]]
+        if signature != getattr(self, "_runs_signature", None):  # a reset (and relayout) only when runs changed
+            self._runs_signature = signature
+            self.runs_model.set_runs(res["runs"])
+            if selected is not None:
+                self.select_run(selected.id)
+            elif res["runs"]:
+                self.runs_view.selectRow(0)
         self._show_run(refresh_only=True)
         self._update_buttons()
         self.jobs_updated.emit()
@@ -758,7 +761,12 @@ class TrainPage(QWidget):
             hist = self.history.get(r.id, {})
             self.plot.set_series({k: ([p[0] for p in v], [p[1] for p in v]) for k, v in hist.items()})
             text = "\n".join(self.logs.get(r.id, [])) + (f"\n{r.status}: {r.error}" if r.error else "")
-            self.log_view.setPlainText(text)
+            old = self.log_view.toPlainText()
+            if text.startswith(old) and old:
+                if text != old:
+                    self.log_view.appendPlainText(text[len(old):].lstrip("\n"))  # only the new lines
+            else:
+                self.log_view.setPlainText(text)
             self.log_view.verticalScrollBar().setValue(self.log_view.verticalScrollBar().maximum())
         last = self.last_step.get(r.id)
         if r.status == "succeeded":

@@ -145,3 +145,37 @@ def test_window_state_is_remembered(qtbot, window, home):
     again = MainWindow(open_library=False)
     qtbot.addWidget(again)
     assert (again.width(), again.height()) == (701, 533)
+
+
+def test_main_entry_point_runs_and_exits(qtbot, home, qapp, errors_shown):
+    """``adapterstudio`` with no command calls ui.app.main(): the window opens and the loop exits cleanly."""
+    import gc
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from adapterstudio.ui import app
+
+    seen = []
+
+    def close_it():
+        wins = [w for w in QApplication.topLevelWidgets() if w.objectName() == "" and hasattr(w, "pages") and w.isVisible()]
+        seen.extend(wins)
+        for w in wins:
+            w.close()
+        qapp.quit()
+
+    QTimer.singleShot(1500, close_it)
+    try:
+        assert app.main() == 0
+    finally:
+        gc.unfreeze()
+        import logging
+
+        root = logging.getLogger("adapterstudio")
+        for h in list(root.handlers):
+            if isinstance(h, logging.FileHandler):
+                h.close()
+                root.removeHandler(h)
+    assert seen and seen[0].windowTitle() == "AdapterStudio"
+    assert (home / "logs" / "gui.log").exists()

@@ -84,6 +84,21 @@ def test_train_page_runs_a_job_end_to_end(qtbot, window, tiny_setup, lib):
     assert lib_page.detail.adapter.plot.curves  # the lineage has a metrics history
     assert s["max_ms"] < 100, (s, meter.slow)
 
+    # a new window on the same library lists the run with its curves (jobs survive the window)
+    from adapterstudio.ui.main_window import MainWindow
+
+    again = MainWindow(open_library=False)
+    qtbot.addWidget(again)
+    train2 = again.pages["train"]
+    with qtbot.waitSignal(train2.jobs_updated, timeout=20000):
+        again.session.open()
+    assert [r.id for r in train2.runs_model.runs()] == [run.id]
+    assert train2.runs_model.runs()[0].status == "succeeded"
+    assert len(train2.history[run.id]["train_loss"]) == len(hist["train_loss"])
+    again.close()
+    again.runner.wait(20000)
+    again.session.lib.close()
+
 
 def test_train_page_models(qtmodeltester, tiny_setup):
     page, _data = tiny_setup

@@ -147,35 +147,28 @@ def test_window_state_is_remembered(qtbot, window, home):
     assert (again.width(), again.height()) == (701, 533)
 
 
-def test_main_entry_point_runs_and_exits(qtbot, home, qapp, errors_shown):
-    """``adapterstudio`` with no command calls ui.app.main(): the window opens and the loop exits cleanly."""
-    import gc
+def test_main_entry_point_runs_and_exits(home, tmp_path):
+    """``adapterstudio`` with no command calls ui.app.main(): the window opens, logs to the library,
+    and the loop exits with 0 when the window closes. In a subprocess: main() owns the event loop."""
+    import os
+    import subprocess
+    import sys
 
-    from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication
-
-    from adapterstudio.ui import app
-
-    seen = []
-
-    def close_it():
-        wins = [w for w in QApplication.topLevelWidgets() if w.objectName() == "" and hasattr(w, "pages") and w.isVisible()]
-        seen.extend(wins)
-        for w in wins:
-            w.close()
-        qapp.quit()
-
-    QTimer.singleShot(1500, close_it)
-    try:
-        assert app.main() == 0
-    finally:
-        gc.unfreeze()
-        import logging
-
-        root = logging.getLogger("adapterstudio")
-        for h in list(root.handlers):
-            if isinstance(h, logging.FileHandler):
-                h.close()
-                root.removeHandler(h)
-    assert seen and seen[0].windowTitle() == "AdapterStudio"
+    script = tmp_path / "run_main.py"
+    script.write_text(
+        "from PySide6.QtCore import QTimer\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "from adapterstudio.ui import app\n"
+        "qapp = app.create_app()\n"
+        "def close():\n"
+        "    wins = [w for w in QApplication.topLevelWidgets() if hasattr(w, 'pages') and w.isVisible()]\n"
+        "    print('windows', len(wins), wins[0].windowTitle() if wins else '')\n"
+        "    for w in wins:\n"
+        "        w.close()\n"
+        "QTimer.singleShot(3000, close)\n"
+        "raise SystemExit(app.main())\n")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "windows 1 AdapterStudio" in res.stdout
     assert (home / "logs" / "gui.log").exists()

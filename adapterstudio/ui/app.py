@@ -1,0 +1,77 @@
+"""The desktop application's entry point: ``adapterstudio`` with no command, or ``main()``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def create_app(argv: list[str] | None = None):
+    """The QApplication, with our name, icon and theme (created once)."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        QApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+        app = QApplication(argv if argv is not None else sys.argv[:1])
+    app.setApplicationName("AdapterStudio")
+    app.setOrganizationName("AdapterStudio")
+    app.setApplicationDisplayName("AdapterStudio")
+    app.setDesktopFileName("adapterstudio")
+    from adapterstudio.ui import icons, theme
+
+    theme_name = "system"
+    try:
+        from adapterstudio.core.settings import load_settings
+
+        theme_name = load_settings().theme
+    except Exception:  # a broken settings file is reported by the library, not here
+        pass
+    theme.apply(app, theme_name)
+    app.setWindowIcon(icons.app_icon())
+    return app
+
+
+def log_folder() -> Path:
+    try:
+        from adapterstudio.core.settings import load_settings
+
+        return load_settings().resolved_library_dir() / "logs"
+    except Exception:
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "adapterstudio-logs"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Open the main window and run the event loop; returns the exit status."""
+    app = create_app(argv)
+    from adapterstudio.ui import errors
+    from adapterstudio.ui.main_window import MainWindow
+
+    errors.setup_logging(log_folder())
+    window: list = []
+    hook = errors.ExceptionHook(lambda: window[0] if window else None)
+    hook.install()
+    try:
+        w = MainWindow(home=os.environ.get("ADAPTERSTUDIO_HOME"))
+        window.append(w)
+        w.show()
+        # Objects alive after start-up (Qt wrappers, modules) move out of the collector's way, so
+        # its full passes stay short and do not pause the event loop.
+        import gc
+
+        from PySide6.QtCore import QTimer
+
+        QTimer.singleShot(0, gc.freeze)
+        rc = app.exec()
+        w.runner.wait(5000)
+        return int(rc)
+    finally:
+        hook.uninstall()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -19,7 +19,7 @@ def create_app(argv: list[str] | None = None):
     app.setApplicationName("AdapterStudio")
     app.setOrganizationName("AdapterStudio")
     app.setApplicationDisplayName("AdapterStudio")
-    app.setDesktopFileName("adapterstudio")
+    app.setDesktopFileName("io.adapterstudio.AdapterStudio")  # matches packaging/linux/*.desktop (Wayland icon)
     from adapterstudio.ui import icons, theme
 
     theme_name = "system"

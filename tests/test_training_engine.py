@@ -314,3 +314,16 @@ def test_other_peft_methods_build_and_step(models, strategy, extra, peft_type):
     pm(**batch).loss.backward()
     opt.step()
     assert any(not torch.equal(before[n], p) for n, p in pm.named_parameters() if p.requires_grad)
+
+
+def test_full_fine_tune_becomes_a_base_with_lineage(tlib, tmp_path):
+    out = T.train(tlib, _spec(tlib, strategy="full", name="tb-full", lr=1e-3))
+    b = tlib.catalogue.get_base("tb-full")
+    assert "full fine-tune of tb" in b.notes and out.run.id in b.notes
+    lineage = json.loads((Path(b.path) / "lineage.json").read_text())
+    assert lineage["strategy"] == "full" and lineage["labels"] == ["neg", "pos"] and lineage["run_id"] == out.run.id
+    assert out.result["trainable_params"] == out.result["total_params"]
+    assert RunStore(tlib.catalogue).get(out.run.id).status == "succeeded"
+    # it scores like an adapter does
+    res = T.evaluate(tlib, "tb-full", str(tlib.test_data))
+    assert res["n"] == 80 and 0 <= res["accuracy"] <= 1

@@ -156,9 +156,8 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
         raise InvalidInput(f"The training split has {len(train_ex)} examples, fewer than one batch of {mb} per process; "
                            "lower --batch-size or add data.")
     steps_per_epoch = math.ceil(micro_per_epoch / ga)
+    # max_steps, when set, wins over epochs (it may run more or fewer epochs)
     total_steps = spec.max_steps or max(1, math.ceil(spec.epochs * steps_per_epoch))
-    if spec.max_steps and spec.epochs > 0:
-        total_steps = min(total_steps, max(1, math.ceil(spec.epochs * steps_per_epoch))) if job.get("epochs_cap") else total_steps
 
     from transformers import get_scheduler
 

@@ -8,9 +8,7 @@ test_training_cli.py).
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 from pathlib import Path
 
 import pytest

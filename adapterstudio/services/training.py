@@ -31,7 +31,7 @@ from typing import Any
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError
 from adapterstudio.core.fsutil import atomic_write_text
-from adapterstudio.core.runs import RESUMABLE, RunRecord, RunStore
+from adapterstudio.core.runs import RunRecord, RunStore
 from adapterstudio.ml.training.spec import TrainingSpec, estimate_memory
 
 EXIT_CANCELLED = 3
@@ -255,15 +255,6 @@ def launch_command(spec: TrainingSpec, run_dir: Path) -> list[str]:
         cmd.append("--cpu")
     cmd += ["-m", "adapterstudio.ml.training.worker", str(run_dir)]
     return cmd
-
-
-def _cuda_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:
-        return 0
 
 
 def _child_env(cpu: bool = False) -> dict[str, str]:

@@ -220,6 +220,10 @@ def main() -> None:
                               and report["memory_ratio"] <= 1.0
                               and abs(ours["eval_accuracy"] - trainer["eval_accuracy"]) <= 0.03)
     print(json.dumps(report, indent=2))
+    lib.close()
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

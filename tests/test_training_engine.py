@@ -8,9 +8,7 @@ test_training_cli.py).
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -285,3 +283,45 @@ def test_queue_survives_reopen_and_dead_runs_show_interrupted(tlib, home):
     out = T.resume(lib2, r2.id, Context())
     assert out.run.status == "succeeded" and lib2.catalogue.find_adapter("q2") is not None
     lib2.close()
+
+
+@pytest.mark.parametrize("strategy, extra, peft_type", [
+    ("dora", {}, "LORA"), ("lora", {"use_rslora": True}, "LORA"), ("ia3", {}, "IA3"), ("loha", {}, "LOHA"),
+    ("lokr", {}, "LOKR"),
+])
+def test_other_peft_methods_build_and_step(models, strategy, extra, peft_type):
+    import torch
+
+    from adapterstudio.ml.training import modeling as M
+
+    spec = TrainingSpec(base="tb", data="-", strategy=strategy, **extra).with_defaults(0)
+    model = M.load_base_model(spec, str(models["bert"]), ["a", "b"])
+    pm, info = M.apply_strategy(model, spec)
+    cfg = pm.peft_config["default"]
+    assert cfg.peft_type.value == peft_type and 0 < info["trainable_params"] < info["total_params"]
+    if strategy == "dora":
+        assert cfg.use_dora is True
+    if extra.get("use_rslora"):
+        assert cfg.use_rslora is True
+    # the new head trains with every method
+    assert any("classifier" in n and p.requires_grad for n, p in pm.named_parameters())
+    opt = torch.optim.AdamW(M.param_groups(pm, spec, info), lr=1e-2)
+    batch = {"input_ids": torch.tensor([[2, 10, 11, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "labels": torch.tensor([1])}
+    before = {n: p.detach().clone() for n, p in pm.named_parameters() if p.requires_grad}
+    pm(**batch).loss.backward()
+    opt.step()
+    assert any(not torch.equal(before[n], p) for n, p in pm.named_parameters() if p.requires_grad)
+
+
+def test_full_fine_tune_becomes_a_base_with_lineage(tlib, tmp_path):
+    out = T.train(tlib, _spec(tlib, strategy="full", name="tb-full", lr=1e-3))
+    b = tlib.catalogue.get_base("tb-full")
+    assert "full fine-tune of tb" in b.notes and out.run.id in b.notes
+    lineage = json.loads((Path(b.path) / "lineage.json").read_text())
+    assert lineage["strategy"] == "full" and lineage["labels"] == ["neg", "pos"] and lineage["run_id"] == out.run.id
+    assert out.result["trainable_params"] == out.result["total_params"]
+    assert RunStore(tlib.catalogue).get(out.run.id).status == "succeeded"
+    # it scores like an adapter does
+    res = T.evaluate(tlib, "tb-full", str(tlib.test_data))
+    assert res["n"] == 80 and 0 <= res["accuracy"] <= 1

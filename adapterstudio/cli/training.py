@@ -47,7 +47,8 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     p.add_argument("--val-fraction", type=float, default=S)
     p.add_argument("--test-fraction", type=float, default=S)
     p.add_argument("--epochs", type=float, default=S)
-    p.add_argument("--lr", type=float, default=S)
+    p.add_argument("--lr", type=float, default=S, help="learning rate (default: by strategy and model size" +
+                   ("; compare uses each strategy's default when it runs several)" if for_compare else ")"))
     p.add_argument("--batch-size", type=int, default=S, help="micro-batch per process")
     p.add_argument("--grad-accum", type=int, default=S)
     p.add_argument("--max-steps", type=int, default=S)

@@ -31,7 +31,7 @@ from typing import Any
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError
 from adapterstudio.core.fsutil import atomic_write_text
-from adapterstudio.core.runs import RESUMABLE, RunRecord, RunStore
+from adapterstudio.core.runs import RunRecord, RunStore
 from adapterstudio.ml.training.spec import TrainingSpec, estimate_memory
 
 EXIT_CANCELLED = 3
@@ -127,6 +127,8 @@ def prepare_run(lib: Any, spec: TrainingSpec, ctx: TaskContext = NULL_CONTEXT, *
     est = memory_estimate(lib, spec)
     store.update(run.id, metrics={"estimate": est, "sizes": {"train": len(prepared.train),
                                                              "validation": len(prepared.validation), "test": len(prepared.test)}})
+    avail = f" of {est['available'] / 2**30:.1f} GiB free on {est['device']}" if est.get("available") else ""
+    ctx.log(f"memory estimate: about {est['total'] / 2**30:.2f} GiB{avail}")
     if est.get("fits") is False:
         ctx.log("warning: " + "; ".join(est["notes"]))
     return store.get(run.id)
@@ -171,6 +173,25 @@ def run_job(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT) -> TrainOutc
     run_dir = Path(run.run_dir)
     (run_dir / "stop").unlink(missing_ok=True)
     spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")
+    try:
+        spec, result = _supervise(store, run, run_dir, spec, ctx)
+    except BaseException as exc:
+        # whatever stopped the supervisor (Ctrl-C, a crash in the app): the run must not stay 'running'
+        if store.get(run.id).status == "running":
+            store.update(run.id, status="interrupted", error=f"supervision stopped ({type(exc).__name__}); resume it",
+                         pid=None, last_checkpoint=_latest_checkpoint(run_dir), finished_at=time.time())
+        raise
+    ctx.progress(1, 1, "importing into the catalogue")
+    try:
+        rec = _import_result(lib, run.id, spec, run_dir, result, ctx)
+    except UserError as exc:
+        store.update(run.id, status="failed", error=f"could not import the trained adapter: {exc}", finished_at=time.time())
+        raise
+    return TrainOutcome(run=store.get(run.id), adapter=rec, result=result)
+
+
+def _supervise(store: RunStore, run: RunRecord, run_dir: Path, spec: TrainingSpec,
+               ctx: TaskContext) -> tuple[TrainingSpec, dict[str, Any]]:
     attempts = 0
     while True:
         attempts += 1
@@ -197,14 +218,7 @@ def run_job(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT) -> TrainOutc
             raise Cancelled(f"run {run.id} cancelled; resume it with 'adapterstudio train --resume {run.id}'")
         raise TrainingFailed(f"Training run {run.id} {err}", hint=f"resume it with 'adapterstudio train --resume {run.id}'"
                              if status == "interrupted" else f"the worker log is {run_dir / 'worker.log'}")
-    result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
-    ctx.progress(1, 1, "importing into the catalogue")
-    try:
-        rec = _import_result(lib, run.id, spec, run_dir, result, ctx)
-    except UserError as exc:
-        store.update(run.id, status="failed", error=f"could not import the trained adapter: {exc}", finished_at=time.time())
-        raise
-    return TrainOutcome(run=store.get(run.id), adapter=rec, result=result)
+    return spec, json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
 
 
 def _failure(rc: int, info: dict[str, Any], ctx: TaskContext) -> tuple[str, str]:
@@ -241,15 +255,6 @@ def launch_command(spec: TrainingSpec, run_dir: Path) -> list[str]:
         cmd.append("--cpu")
     cmd += ["-m", "adapterstudio.ml.training.worker", str(run_dir)]
     return cmd
-
-
-def _cuda_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:
-        return 0
 
 
 def _child_env(cpu: bool = False) -> dict[str, str]:

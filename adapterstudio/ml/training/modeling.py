@@ -352,13 +352,15 @@ def _image_processor(base_path: str | None, config: Any):
 
 # -- batching ------------------------------------------------------------------------
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, group: bool) -> list[list[int]]:
-    """Batches of indices. Grouped: shuffle, sort within mega-batches of 50 batches by
+    """Batches of indices. Grouped: shuffle, sort within mega-batches (up to 50 batches) by
     length, cut, shuffle the batches (so each batch pads little but the order stays random)."""
     rng = random.Random(seed)
     idx = list(range(len(lengths)))
     rng.shuffle(idx)
     if group:
-        mega = batch_size * 50
+        # mega-batches of up to 50 batches, but at least 4 per dataset: sorting a small dataset whole would make
+        # batches of near-equal length, and where length tracks the label, one-label batches that train worse
+        mega = batch_size * max(1, min(50, len(idx) // (batch_size * 4)))
         chunks = [sorted(idx[i:i + mega], key=lambda j: -lengths[j]) for i in range(0, len(idx), mega)]
         batches = [c[i:i + batch_size] for c in chunks for i in range(0, len(c), batch_size)]
         # keep the longest batch first (it fails fast if memory is short), shuffle the rest

@@ -156,9 +156,8 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
         raise InvalidInput(f"The training split has {len(train_ex)} examples, fewer than one batch of {mb} per process; "
                            "lower --batch-size or add data.")
     steps_per_epoch = math.ceil(micro_per_epoch / ga)
+    # max_steps, when set, wins over epochs (it may run more or fewer epochs)
     total_steps = spec.max_steps or max(1, math.ceil(spec.epochs * steps_per_epoch))
-    if spec.max_steps and spec.epochs > 0:
-        total_steps = min(total_steps, max(1, math.ceil(spec.epochs * steps_per_epoch))) if job.get("epochs_cap") else total_steps
 
     from transformers import get_scheduler
 
@@ -241,6 +240,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
         accelerator.wait_for_everyone()
 
     t0 = time.time()
+    cpu0 = time.process_time()
 
     def elapsed() -> float:
         return float(progress.get("elapsed_base", 0.0)) + (time.time() - t0)
@@ -311,7 +311,8 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
                 remaining = (total_steps - step) * (mb * ga * world) / max(rate, 1e-9)
                 events("step", step=step, total_steps=total_steps, epoch=epoch + progress["micro_done"] / max(len(mine), 1),
                        loss=last_loss, lr=scheduler.get_last_lr()[0], samples_per_s=rate, tokens_per_s=window_tokens / dt,
-                       eta_s=remaining, peak_memory=peak_memory(device), elapsed_s=elapsed())
+                       eta_s=remaining, peak_memory=peak_memory(device), elapsed_s=elapsed(),
+                       cpu_s=time.process_time() - cpu0)
                 window_t, window_samples, window_tokens = time.time(), 0, 0
             end_of_epoch = grp is groups[-1]
             want_eval = bool(val_ex) and ((spec.eval_every and step % spec.eval_every == 0) or

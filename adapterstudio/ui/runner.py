@@ -139,6 +139,24 @@ class Worker(QRunnable):
             sig.finished.emit()
 
 
+def _tolerate_deleted(cb: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """Wrap a result/progress callback so that a widget closed while its task ran is
+    not an error: the task's answer simply has nowhere to go any more."""
+    if cb is None:
+        return None
+
+    def call(*args: Any) -> Any:
+        try:
+            return cb(*args)
+        except RuntimeError as exc:
+            if "already deleted" in str(exc):
+                log.debug("dropped a task callback: its widget was closed (%s)", exc)
+                return None
+            raise
+
+    return call
+
+
 class Runner(QObject):
     """Owns the two pools and the set of live workers.
 
@@ -181,6 +199,8 @@ class Runner(QObject):
         w = Worker(fn, *args, label=label, pool=pool, **kwargs)
         w.quiet = quiet  # background refreshes are not listed in the status bar
         s = w.signals
+        on_result, on_progress, on_log, on_event, on_cancelled, on_error, on_finished = (
+            _tolerate_deleted(cb) for cb in (on_result, on_progress, on_log, on_event, on_cancelled, on_error, on_finished))
         if on_result is not None:
             s.result.connect(on_result)
         if on_progress is not None:

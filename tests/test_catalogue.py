@@ -249,3 +249,33 @@ def test_opening_the_catalogue_does_not_import_torch(home, minilm_path, peft_ada
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_adapter_named_after_loaded_modules_fits(lib, tmp_path):
+    """transformers 5 renames ViT's checkpoint modules on load (key -> k_proj); PEFT names
+    follow the loaded model, so the check learns those names instead of refusing."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageClassification
+
+    from tests.helpers import tiny_model
+
+    vit = tiny_model("vit", tmp_path / "vit")
+    lib.add_base(vit, "tiny-vit", compute_hash=False)
+    model = get_peft_model(AutoModelForImageClassification.from_pretrained(str(vit)),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]))
+    model.save_pretrained(str(tmp_path / "vit-lora"))
+    a = lib.import_adapter(tmp_path / "vit-lora", "vit-lora", base="tiny-vit")
+    assert a.compatible is True
+    # a LoRA for a different width is still refused
+    small = tiny_model("vit", tmp_path / "vit2")
+    import json
+
+    cfg = json.loads((small / "config.json").read_text())
+    cfg.update(hidden_size=32, intermediate_size=64)
+    (small / "config.json").write_text(json.dumps(cfg))
+    other = get_peft_model(AutoModelForImageClassification.from_config(
+        AutoModelForImageClassification.from_pretrained(str(vit)).config.__class__(**{**cfg, "num_labels": 3})),
+        LoraConfig(r=4, target_modules=["q_proj"]))
+    other.save_pretrained(str(tmp_path / "narrow-lora"))
+    with pytest.raises(Incompatible, match="input size 32"):
+        lib.import_adapter(tmp_path / "narrow-lora", "narrow", base="tiny-vit")

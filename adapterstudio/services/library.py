@@ -27,6 +27,8 @@ from adapterstudio.core.records import AdapterRecord, BaseRecord
 from adapterstudio.core.safetensors_header import read_header
 from adapterstudio.core.settings import Settings, load_settings
 
+# Key in a base's module shapes recording that loaded-model names were added already.
+_LOADED_NAMES_MARK = "__loaded_module_names__"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NAME_OK = re.compile(r"^[^\x00-\x1f:\\]{1,200}$")
 
@@ -201,7 +203,22 @@ class Library:
             # Not downloaded: only the config-level check is possible.
             return CompatReport(True, [], 0)
         shapes, base_config = self.catalogue.base_details(base_name)
-        return check_compatibility(cfg, tensors, shapes, base_config)
+        report = check_compatibility(cfg, tensors, shapes, base_config)
+        if not report.compatible and base.path and any("does not exist" in p for p in report.problems) \
+                and not shapes.get(_LOADED_NAMES_MARK):
+            # The checkpoint's module names may differ from the loaded model's (transformers
+            # renames some architectures' modules on load; PEFT names follow the latter).
+            # Learn the loaded names once, from a weightless meta-device build, and keep them.
+            try:
+                from adapterstudio.ml.model_meta import loaded_module_shapes
+
+                loaded = loaded_module_shapes(base.path)
+            except Exception:  # noqa: BLE001 - no torch, remote code...: keep the header verdict
+                return report
+            merged = {**loaded, **shapes, _LOADED_NAMES_MARK: []}
+            self.catalogue.update_base(base_name, module_shapes=merged)
+            report = check_compatibility(cfg, tensors, merged, base_config)
+        return report
 
     def check_adapter(self, name: str, base: str | None = None) -> CompatReport:
         """Re-check an adapter against its base (or another base) from headers only."""

@@ -55,7 +55,7 @@ def test_lora_run_lands_in_catalogue_with_lineage(tlib):
 
     logs: list[str] = []
     prog: list[tuple] = []
-    out = T.train(tlib, _spec(tlib, strategy="lora", test_fraction=0.2, name="tiny-lora"),
+    out = T.train(tlib, _spec(tlib, strategy="lora", test_fraction=0.2, name="tiny-lora", epochs=2),
                   Context(on_progress=lambda d, t, m: prog.append((d, t, m)), on_log=logs.append))
     a = tlib.catalogue.get_adapter("tiny-lora")
     assert a.source == "train" and a.run_id == out.run.id and a.peft_type == "LORA" and a.compatible is True
@@ -65,6 +65,7 @@ def test_lora_run_lands_in_catalogue_with_lineage(tlib):
     assert lin["dataset"]["sha256"] and lin["dataset"]["rows"] == 80 and lin["dataset"]["format"] == "jsonl"
     assert lin["base"]["name"] == "tb" and lin["spec"]["lr"] == 5e-4 and lin["library_versions"]["peft"]
     assert lin["metrics"]["history"] and "eval_accuracy" in lin["metrics"]["history"][-1]
+    assert [h["epoch"] for h in lin["metrics"]["history"]] == [1.0, 2.0]  # one evaluation per epoch
     assert set(lin["metrics"]["test"]) >= {"accuracy", "macro_f1", "n"} and lin["metrics"]["test"]["n"] == 16
     assert "training_spec.yaml" in {f.relpath for f in a.files}
     assert TrainingSpec.from_yaml(Path(a.path) / "training_spec.yaml").lr == 5e-4

@@ -271,7 +271,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
         mine = batches[rank::world][:micro_per_epoch]
         groups = [list(range(i, min(i + ga, len(mine)))) for i in range(0, len(mine), ga)]
         start_micro = progress["micro_done"]
-        for grp in groups:
+        for gidx, grp in enumerate(groups):
             if grp[-1] < start_micro:
                 continue
             grp = [g for g in grp if g >= start_micro] or grp
@@ -314,7 +314,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
                        eta_s=remaining, peak_memory=peak_memory(device), elapsed_s=elapsed(),
                        cpu_s=time.process_time() - cpu0)
                 window_t, window_samples, window_tokens = time.time(), 0, 0
-            end_of_epoch = grp is groups[-1]
+            end_of_epoch = gidx == len(groups) - 1  # (grp may be a trimmed copy after a resume)
             want_eval = bool(val_ex) and ((spec.eval_every and step % spec.eval_every == 0) or
                                           (not spec.eval_every and end_of_epoch) or step >= total_steps)
             saved = False

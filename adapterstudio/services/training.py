@@ -333,7 +333,8 @@ def _handle_event(ev: dict[str, Any], run_id: str, store: RunStore, ctx: TaskCon
         metrics.update(trainable_params=ev.get("trainable_params"), total_params=ev.get("total_params"),
                        device=ev.get("device"), precision=ev.get("precision"), total_steps=ev.get("total_steps"))
         store.update(run_id, world_size=ev.get("world_size"), metrics=metrics)
-        ctx.log(f"training on {ev.get('device')} x{ev.get('world_size')} ({ev.get('precision')}), "
+        precision = {"no": "fp32", None: "fp32"}.get(ev.get("precision"), ev.get("precision"))  # accelerate says "no"
+        ctx.log(f"training on {ev.get('device')} x{ev.get('world_size')} ({precision}), "
                 f"{ev.get('trainable_params'):,} trainable of {ev.get('total_params'):,} parameters"
                 + (f", resumed from {ev['resumed_from']}" if ev.get("resumed_from") else ""))
     elif kind == "step":

@@ -14,6 +14,7 @@ from typing import Any
 
 from adapterstudio.core.context import Context
 from adapterstudio.core.errors import Cancelled, UserError
+from adapterstudio.core.fmt import human_size  # noqa: F401  (re-exported for the command modules)
 
 log = logging.getLogger("adapterstudio")
 
@@ -125,17 +126,6 @@ class ProgressBar:
 def cli_context(label: str, args: argparse.Namespace) -> tuple[Context, ProgressBar]:
     bar = ProgressBar(label, enabled=not want_json(args))
     return Context(on_progress=bar), bar
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:

@@ -15,6 +15,7 @@ from PySide6.QtCore import (QAbstractItemModel, QAbstractListModel, QAbstractTab
                             QPersistentModelIndex, QSortFilterProxyModel, Qt)
 from PySide6.QtGui import QColor
 
+from adapterstudio.core.fmt import human_size as _human_size
 from adapterstudio.core.records import AdapterRecord, BaseRecord
 
 Index = QModelIndex | QPersistentModelIndex
@@ -32,14 +33,7 @@ PeftTypeRole = Qt.ItemDataRole.UserRole + 8  # PEFT type
 
 
 def human_size(n: int | None) -> str:
-    if n is None:
-        return "–"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+    return _human_size(n, missing="–")
 
 
 def human_count(n: int | None) -> str:

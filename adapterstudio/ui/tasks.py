@@ -125,3 +125,10 @@ def save_settings(ctx, lib, settings) -> Any:
     _save(settings)
     lib.settings = settings
     return settings
+
+
+def self_check(ctx, lib) -> list:
+    """The first-run self-check: the checks of `adapterstudio doctor` for this library."""
+    from adapterstudio.services.doctor import run_checks
+
+    return run_checks(lib.root)

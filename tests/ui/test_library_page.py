@@ -59,13 +59,24 @@ def test_first_run_hub_id_and_a_bad_one(qtbot, page, errors_shown):
     with qtbot.waitSignal(page.loaded, timeout=20000):
         page.first_run.hub_btn.click()
     assert page.snapshot["bases"][0].hub_id == "someone/some-model"
-    assert page.snapshot["bases"][0].name == "some-model"
+    assert page.snapshot["bases"][0].name == "someone/some-model"
     assert not page.snapshot["bases"][0].available
     w = page.add_base("not a path nor an id")
     with pytest.raises(InvalidInput):
         wait_worker(qtbot, w)
     qtbot.waitUntil(lambda: len(errors_shown) == 1)
     assert errors_shown[0][0] == "Cannot do that" and "does not exist" in errors_shown[0][1]
+
+
+def test_first_run_runs_the_self_check(qtbot, window, page):
+    window.show()
+    assert page.body.currentWidget() is page.first_run
+    # the doctor's checks run in the background and end up on the welcome screen
+    qtbot.waitUntil(lambda: "Self-check" in page.first_run.checks.text(), timeout=60000)
+    text = page.first_run.checks.text()
+    assert "checks passed" in text
+    if "accelerator" in text:  # no GPU here: shown as a warning with its advice
+        assert "CPU" in text
 
 
 def test_import_shows_adapter_with_details(qtbot, with_base, peft_adapters, lib):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,38 @@ class FirstRun(QWidget):
         self.status = muted("")
         self.status.setAlignment(Qt.AlignmentFlag.AlignCenter)
         outer.addWidget(self.status)
+        # First-run self-check (the same checks as `adapterstudio doctor`), in the background.
+        self.checks = muted("Checking this computer…")
+        self.checks.setTextFormat(Qt.TextFormat.RichText)
+        self.checks.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        outer.addWidget(self.checks)
+        self._checked = False
         skip = QPushButton("Skip: I only want to import adapters")
         skip.setFlat(True)
         skip.clicked.connect(lambda: self.page.dismiss_first_run())
         outer.addWidget(skip, 0, Qt.AlignmentFlag.AlignCenter)
         outer.addStretch(2)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        super().showEvent(event)
+        if not self._checked:
+            self._checked = True
+            self.page.session.run(tasks.self_check, label="self-check", quiet=True,
+                                  on_result=self._show_checks, on_error=lambda exc: self.checks.setText(
+                                      f"The self-check could not run: {html.escape(str(exc))}"))
+
+    def _show_checks(self, checks: list) -> None:
+        problems = [c for c in checks if c.status != "ok"]
+        if not problems:
+            self.checks.setText(f"Self-check: all {len(checks)} checks passed (see <i>adapterstudio doctor</i>).")
+            return
+        rows = []
+        for c in problems:
+            mark = "&#9888;" if c.status == "warning" else "&#10060;"
+            advice = f"<br><span style='opacity:0.8'>{html.escape(c.advice)}</span>" if c.advice else ""
+            rows.append(f"{mark} <b>{html.escape(c.name)}</b>: {html.escape(c.detail)}{advice}")
+        ok = len(checks) - len(problems)
+        self.checks.setText(f"Self-check: {ok} of {len(checks)} checks passed.<br>" + "<br>".join(rows))
 
     def _pick_folder(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Choose a model folder", os.path.expanduser("~"))
@@ -103,8 +131,7 @@ class FirstRun(QWidget):
     def _add_hub_id(self) -> None:
         text = self.hub_id.text().strip()
         if text:
-            # Catalogue names hold no slash: "owner/name" is registered as "name" (its Hub id is kept).
-            self.page.add_base(text, text.rsplit("/", 1)[-1])
+            self.page.add_base(text)  # registered under its Hub id, e.g. "owner/name"
 
 
 def _card_title(icon_name: str, text: str) -> QWidget:

@@ -40,7 +40,7 @@ def test_first_run_then_add_base_from_folder(qtbot, page, minilm_path, lib):
 def test_first_run_scans_the_hf_cache(qtbot, page, minilm_path, home, tmp_path):
     import shutil
 
-    # A repo without an owner (like "gpt2"): the catalogue's names cannot hold a slash.
+    # A repo without an owner (like "gpt2") is registered under its bare name.
     cache = tmp_path / "hf-home" / "hub" / "models--all-MiniLM-L6-v2"
     snap = cache / "snapshots" / ("a" * 40)
     snap.mkdir(parents=True)

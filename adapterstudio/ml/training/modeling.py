@@ -329,7 +329,7 @@ def _image_processor(base_path: str | None, config: Any):
             try:
                 from PIL import Image
             except ImportError:
-                raise InvalidInput("Reading image files needs Pillow: pip install pillow.") from None
+                raise InvalidInput("Reading image files needs Pillow: pip install 'adapterstudio[data]'.") from None
             arr = np.asarray(Image.open(img).convert("RGB"), dtype=np.float32) / 255.0
         else:
             arr = np.asarray(img, dtype=np.float32)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -19,29 +17,15 @@ from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
 
 def vader_words(out: Path, n: int = 600, seed: int = 0) -> Path:
     """Real labelled data: words from VADER's lexicon (MIT licence) with their human-rated
-    mean sentiment; >= 1.0 is 'positive', <= -1.0 'negative'; n balanced rows."""
-    vader = pytest.importorskip("vaderSentiment")
-    lex = Path(vader.__file__).parent / "vader_lexicon.txt"
-    pos, neg = [], []
-    for line in lex.read_text(encoding="utf-8", errors="replace").splitlines():
-        parts = line.split("\t")
-        if len(parts) < 2 or not parts[0].isalpha():
-            continue
-        mean = float(parts[1])
-        if mean >= 1.0:
-            pos.append(parts[0])
-        elif mean <= -1.0:
-            neg.append(parts[0])
-    rng = random.Random(seed)
-    rng.shuffle(pos)
-    rng.shuffle(neg)
-    rows = [(w, "positive") for w in pos[: n // 2]] + [(w, "negative") for w in neg[: n // 2]]
-    rng.shuffle(rows)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows(rows)
-    return out
+    mean sentiment, written by the same script the README's walkthrough uses."""
+    pytest.importorskip("vaderSentiment")
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "vader_words.py"
+    spec = importlib.util.spec_from_file_location("vader_words_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.vader_words(out, n, seed)
 
 
 def _json(res):

@@ -75,7 +75,29 @@ def reset_icon_cache() -> None:
 
 
 # -- adapters as a table -------------------------------------------------------------------
-class AdapterTableModel(QAbstractTableModel):
+class RowTableModel(QAbstractTableModel):
+    """A flat table over a Python list of rows: ``COLUMNS`` names the columns and
+    ``_rows`` (a list set by the subclass) holds one item per row."""
+
+    COLUMNS: tuple[str, ...] = ()
+    _rows: list
+
+    def rowCount(self, parent: Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole and 0 <= section < len(self.COLUMNS):
+            return self.COLUMNS[section]
+        return None
+
+    def _row_index_ok(self, index: Index) -> bool:
+        return index.isValid() and 0 <= index.row() < len(self._rows)
+
+
+class AdapterTableModel(RowTableModel):
     COLUMNS = ("Name", "Base", "Type", "Task", "Rank", "Size", "Tags", "Source", "Created")
     NAME, BASE, TYPE, TASK, RANK, SIZE, TAGS, SOURCE, CREATED = range(9)
 
@@ -123,17 +145,10 @@ class AdapterTableModel(QAbstractTableModel):
         return (r.name.lower(), (r.base or "~").lower(), r.peft_type, r.task_type or "", r.rank or 0,
                 r.size_bytes, ", ".join(r.tags).lower(), r.source, r.created_at)
 
-    # Qt interface
-    def rowCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self._records)
-
-    def columnCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole and 0 <= section < len(self.COLUMNS):
-            return self.COLUMNS[section]
-        return None
+    # Qt interface (rowCount, columnCount, headerData: RowTableModel)
+    @property
+    def _rows(self) -> list:
+        return self._records
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid() or not (0 <= index.row() < len(self._records)):

@@ -18,14 +18,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QByteArray, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                                QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QProgressBar,
                                QPushButton, QScrollArea, QSpinBox, QSplitter, QSystemTrayIcon, QTableView, QTabWidget,
                                QVBoxLayout, QWidget)
 
 from adapterstudio.ui.icons import app_icon, icon
-from adapterstudio.ui.models import NameRole, SortRole, human_count, human_size, human_time
+from adapterstudio.ui.models import NameRole, RowTableModel, SortRole, human_count, human_size, human_time
 from adapterstudio.ui.runner import ACCEL, Worker
 from adapterstudio.ui.session import Session
 from adapterstudio.ui.widgets import PagePlaceholder, muted, primary, title_label
@@ -132,7 +132,7 @@ def t_runs(ctx, lib, offsets: dict[str, int]) -> dict[str, Any]:
 
 
 # -- models -------------------------------------------------------------------------------------------
-class RunsModel(QAbstractTableModel):
+class RunsModel(RowTableModel):
     """The training runs (queued, running, finished) with live progress from their events."""
 
     COLUMNS = ("Run", "Status", "Base", "Strategy", "Progress", "Best", "Started")
@@ -174,16 +174,9 @@ class RunsModel(QAbstractTableModel):
                 self._display[i] = self._row(r)
                 self.dataChanged.emit(self.index(i, 4), self.index(i, 4))
 
-    def rowCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self._runs)
-
-    def columnCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole and 0 <= section < len(self.COLUMNS):
-            return self.COLUMNS[section]
-        return None
+    @property
+    def _rows(self) -> list:
+        return self._runs
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid() or not (0 <= index.row() < len(self._runs)):
@@ -204,7 +197,7 @@ class RunsModel(QAbstractTableModel):
         return None
 
 
-class CompareModel(QAbstractTableModel):
+class CompareModel(RowTableModel):
     """The playbook's table: one row per strategy with its metric, parameters, time and memory."""
 
     COLUMNS = ("Strategy", "Status", "Validation", "Test", "Trainable params", "Share", "Time", "Peak memory")
@@ -231,17 +224,6 @@ class CompareModel(QAbstractTableModel):
         return (r.get("strategy", "?"), r.get("status", "?") if not r.get("error") else "failed",
                 num(r.get("val")), num(r.get("test")), human_count(tp), share,
                 f"{t:.0f} s" if isinstance(t, (int, float)) else "–", human_size(r.get("peak_memory")))
-
-    def rowCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole and 0 <= section < len(self.COLUMNS):
-            return self.COLUMNS[section]
-        return None
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid() or not (0 <= index.row() < len(self._rows)):

@@ -31,6 +31,8 @@ MAX_HEADER = 100 * 1024 * 1024
 class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
+    start: int = 0  # absolute byte offsets of the tensor's data in the file
+    end: int = 0
 
     @property
     def numel(self) -> int:
@@ -98,7 +100,7 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         if end > data_len:
             raise InvalidInput(f"{p} is truncated: tensor {name!r} ends at byte {end} but the file holds only {data_len} bytes of data.")
         end_max = max(end_max, end)
-        tensors[name] = TensorInfo(dtype, shape)
+        tensors[name] = TensorInfo(dtype, shape, 8 + n + begin, 8 + n + end)
     if end_max != data_len:
         raise InvalidInput(f"{p} is not a valid safetensors file: it has {data_len - end_max} trailing bytes after its tensors.")
     return SafetensorsHeader(p, tensors, {str(k): str(v) for k, v in dict(metadata).items()}, size)

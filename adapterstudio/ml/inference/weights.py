@@ -8,16 +8,15 @@ destination (a pre-allocated slot on the device, or a pinned staging buffer).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from adapterstudio.core.errors import InvalidInput
+from adapterstudio.core.safetensors_header import read_header
 
 ST_DTYPES = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
@@ -35,35 +34,18 @@ class RawTensor:
 
 
 def read_st_header(path: Path) -> tuple[dict[str, RawTensor], int]:
-    """Tensor name -> :class:`RawTensor` (absolute offsets), and the file size."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise InvalidInput(f"{path} is not a safetensors file (too short).")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, 100 * 1024 * 1024):
-                raise InvalidInput(f"{path} is not a valid safetensors file (bad header length).")
-            header = json.loads(fh.read(n))
-    except OSError as exc:
-        raise InvalidInput(f"{path} cannot be read: {exc.strerror or exc}.") from None
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput(f"{path} is not a valid safetensors file (unreadable header).") from None
+    """Tensor name -> :class:`RawTensor` (absolute offsets), and the file size.
+
+    The header is parsed and validated by :func:`adapterstudio.core.safetensors_header.read_header`.
+    """
+    h = read_header(path)
     out: dict[str, RawTensor] = {}
-    base = 8 + n
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        dt = ST_DTYPES.get(info.get("dtype"))
+    for key, info in h.tensors.items():
+        dt = ST_DTYPES.get(info.dtype)
         if dt is None:
-            raise InvalidInput(f"{path}: tensor {key!r} has an unsupported dtype {info.get('dtype')!r}.")
-        a, b = info["data_offsets"]
-        shape = tuple(int(x) for x in info["shape"])
-        if base + b > size or b - a != math.prod(shape) * torch.empty((), dtype=dt).element_size():
-            raise InvalidInput(f"{path} is truncated or corrupt (tensor {key!r}).")
-        out[key] = RawTensor(dt, shape, base + a, base + b)
-    return out, size
+            raise InvalidInput(f"{path}: tensor {key!r} has an unsupported dtype {info.dtype!r}.")
+        out[key] = RawTensor(dt, info.shape, info.start, info.end)
+    return out, h.file_size
 
 
 def read_safetensors(path: Path, header: dict[str, RawTensor] | None = None) -> dict[str, torch.Tensor]:

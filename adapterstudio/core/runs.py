@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -184,11 +185,27 @@ class RunStore:
         return run
 
     def _mark_dead(self, run: RunRecord) -> RunRecord:
-        """A 'running' run whose supervising process is gone was interrupted."""
+        """A 'running' run whose supervising process is gone was interrupted.
+
+        The supervisor may have died before recording the newest checkpoint, so the run
+        folder (complete checkpoints only) is the truth for where it can resume."""
         if run.status == "running" and not pid_alive(run.pid):
+            newest = latest_checkpoint(Path(run.run_dir))
+            ckpt = str(newest) if newest else run.last_checkpoint
             with self.cat.transaction() as c:
-                c.execute("UPDATE runs SET status = 'interrupted', error = ?, updated_at = ? WHERE id = ? AND status = 'running'",
+                c.execute("UPDATE runs SET status = 'interrupted', error = ?, last_checkpoint = ?, updated_at = ?"
+                          " WHERE id = ? AND status = 'running'",
                           ("the process running it stopped (app closed or killed); resume it with 'adapterstudio train --resume "
-                           f"{run.id}'", time.time(), run.id))
+                           f"{run.id}'", ckpt, time.time(), run.id))
             run.status = "interrupted"
+            run.last_checkpoint = ckpt
         return run
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (``checkpoints/step-N`` with its ``progress.json``)."""
+    ck = run_dir / "checkpoints"
+    if not ck.is_dir():
+        return None
+    done = [p for p in ck.iterdir() if p.name.startswith("step-") and (p / "progress.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None

@@ -31,7 +31,7 @@ from typing import Any
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError
 from adapterstudio.core.fsutil import atomic_write_text
-from adapterstudio.core.runs import RunRecord, RunStore
+from adapterstudio.core.runs import RunRecord, RunStore, latest_checkpoint
 from adapterstudio.ml.training.spec import TrainingSpec, estimate_memory
 
 EXIT_CANCELLED = 3
@@ -365,11 +365,8 @@ def _append_event(run_dir: Path, kind: str, **data: Any) -> None:
 
 
 def _latest_checkpoint(run_dir: Path) -> str | None:
-    ck = run_dir / "checkpoints"
-    if not ck.is_dir():
-        return None
-    done = [p for p in ck.iterdir() if p.name.startswith("step-") and (p / "progress.json").is_file()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+    newest = latest_checkpoint(run_dir)
+    return str(newest) if newest else None
 
 
 # -- importing -------------------------------------------------------------------------

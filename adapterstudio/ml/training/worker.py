@@ -71,14 +71,7 @@ def choose_precision(spec: Any, device_type: str) -> str:
     return "no"  # CPU/MPS: fp32 (CPU autocast is rarely faster for training)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    ck = run_dir / "checkpoints"
-    if not ck.is_dir():
-        return None
-    done = [p for p in ck.iterdir() if p.name.startswith("step-") and (p / "progress.json").is_file()]
-    if not done:
-        return None
-    return max(done, key=lambda p: int(p.name.split("-")[1]))
+from adapterstudio.core.runs import latest_checkpoint  # noqa: E402,F401  (used below and by callers)
 
 
 def main(argv: list[str] | None = None) -> int:

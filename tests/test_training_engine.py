@@ -197,6 +197,66 @@ def test_packing_fills_rows():
     assert sum(len(p["input_ids"]) for p in packed) == 24
 
 
+def test_token_chunks_split_long_micro_batches_within_the_budget():
+    from adapterstudio.ml.training import modeling as M
+
+    lengths = [300, 10, 120, 64, 64, 64, 250, 5]
+    idx = list(range(8))
+    chunks = M.token_chunks(idx, lengths, 256)
+    assert sorted(i for c in chunks for i in c) == idx
+    for c in chunks:  # each pass pads to its own longest example and stays in budget (or holds one example)
+        assert len(c) == 1 or len(c) * max(lengths[i] for i in c) <= 256
+    assert [0] in chunks and [6] in chunks  # longer than the budget: a pass of its own
+    assert M.token_chunks(idx, lengths, 0) == [idx]
+    assert M.token_chunks(idx, lengths, 10**6) == [sorted(idx, key=lambda i: -lengths[i])]
+    evb = M.eval_batches(lengths, 256, 3)
+    assert sorted(i for b in evb for i in b) == idx and max(len(b) for b in evb) <= 3
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind,task", [("bert", "seq-cls"), ("llama", "causal-lm")])
+def test_split_steps_give_the_gradient_of_the_whole_step(models, kind, task):
+    """However a step is cut (micro-batches of unequal size, passes within a token budget), the gradient is
+    that of the step's mean loss: per example for classification, per label token for causal LM."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from adapterstudio.ml.training import modeling as M
+
+    torch.manual_seed(0)
+    path = str(models[kind])
+    auto = AutoModelForSequenceClassification if task == "seq-cls" else AutoModelForCausalLM
+    model = auto.from_pretrained(path, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0) \
+        if task == "seq-cls" else auto.from_pretrained(path)
+    model.train()
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = sentiment_rows(10)
+    spec = TrainingSpec(task=task, max_length=64)
+    if task == "seq-cls":
+        exs = M.encode(rows, tok, spec, ["neg", "pos"])
+    else:
+        exs = M.encode([{"prompt": r["label"], "response": r["text"]} for r in rows], tok, spec, None)
+    lengths = [M.example_tokens(e) for e in exs]
+    assert len(set(lengths)) > 3
+    pad = tok.pad_token_id
+
+    whole, items = M.training_passes(exs, [list(range(10))], lengths, 0, pad, task)
+    M.accumulate_gradients(model, whole, items)
+    ref = _grads(model)
+    model.zero_grad(set_to_none=True)
+
+    split, items = M.training_passes(exs, [[0, 1, 2, 3, 4, 5, 6], [7, 8, 9]], lengths, 2 * max(lengths), pad, task)
+    assert len(split) >= 4
+    M.accumulate_gradients(model, split, items)
+    got = _grads(model)
+    assert ref.keys() == got.keys()
+    for n in ref:
+        assert torch.allclose(ref[n], got[n], atol=1e-5, rtol=1e-4), n
+
+
 def test_length_grouped_batches_cover_each_example_once_with_less_padding():
     import random
 

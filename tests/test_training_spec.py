@@ -9,7 +9,7 @@ import pytest
 
 from adapterstudio.core.errors import InvalidInput
 from adapterstudio.ml.training.data import load_table, prepare, stratified_split
-from adapterstudio.ml.training.spec import TrainingSpec, estimate_memory
+from adapterstudio.ml.training.spec import TrainingSpec, batch_token_budget, estimate_memory
 
 
 def test_spec_yaml_round_trip_and_defaults(tmp_path):
@@ -37,6 +37,7 @@ def test_spec_yaml_round_trip_and_defaults(tmp_path):
     ({"val_fraction": 0.5, "test_fraction": 0.45}, "at least 10% for training"),
     ({"quantize": "4bit", "strategy": "full"}, "only works with the lora or dora"),
     ({"packing": True}, "packing only applies"),
+    ({"max_batch_tokens": -5}, "max_batch_tokens must be 0"),
     ({"base": ""}, "a base model is required"),
 ])
 def test_spec_validation_is_one_sentence(changes, words):
@@ -176,3 +177,18 @@ def test_memory_estimate_grows_with_strategy_and_batch():
     big = estimate_memory(TrainingSpec(strategy="full", batch_size=64).with_defaults(7_000_000_000), cfg, 7_000_000_000,
                           "cuda", available=8 * 2**30)
     assert big.fits is False and "GiB" in big.notes[0]
+
+
+def test_token_budget_defaults_by_device_and_bounds_the_activation_estimate():
+    spec = TrainingSpec(batch_size=32, max_length=256).with_defaults(22_000_000)
+    assert batch_token_budget(spec, "cpu") == 2048 and batch_token_budget(spec, "cuda") == 0
+    assert batch_token_budget(spec.replace(max_batch_tokens=0), "cpu") == 0
+    assert batch_token_budget(spec.replace(max_batch_tokens=4096), "cuda") == 4096
+    cfg = {"hidden_size": 384, "num_hidden_layers": 6}
+    capped = estimate_memory(spec, cfg, 22_000_000, "cpu")
+    whole = estimate_memory(spec.replace(max_batch_tokens=0), cfg, 22_000_000, "cpu")
+    assert capped.activations * 4 == whole.activations  # 2048 of 32 x 256 tokens in flight
+    # a single sequence longer than the budget still runs whole
+    long = estimate_memory(spec.replace(max_length=8192, max_batch_tokens=1024), cfg, 22_000_000, "cpu")
+    assert long.activations == estimate_memory(spec.replace(max_length=8192, batch_size=1, max_batch_tokens=0), cfg,
+                                               22_000_000, "cpu").activations

@@ -23,7 +23,7 @@ SPEC_FLAGS = {
     "target_modules": "target_modules", "rslora": "use_rslora", "unfreeze_layers": "unfreeze_layers",
     "early_stopping": "early_stopping_patience", "eval_every": "eval_every", "save_every": "save_every",
     "quantize": "quantize", "packing": "packing", "accelerate_config": "accelerate_config", "schedule": "schedule",
-    "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
+    "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay", "max_batch_tokens": "max_batch_tokens",
 }
 
 
@@ -53,6 +53,9 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     p.add_argument("--grad-accum", type=int, default=S)
     p.add_argument("--max-steps", type=int, default=S)
     p.add_argument("--max-length", type=int, default=S)
+    p.add_argument("--max-batch-tokens", type=int, default=S, metavar="N",
+                   help="most tokens (padding included) in one forward/backward pass; longer micro-batches run in "
+                        "several passes with the same gradient (default: 2048 on CPU, no cap on GPU; 0: no cap)")
     p.add_argument("--num-processes", type=int, default=S, help="processes (GPUs, or CPU processes with --cpu: DDP over gloo)")
     p.add_argument("--cpu", action="store_true", default=S, help="train on the CPU even if a GPU is present")
     p.add_argument("--seed", type=int, default=S)

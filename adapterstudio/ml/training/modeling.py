@@ -373,6 +373,84 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, group
     return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
 
 
+def token_chunks(indices: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Split one micro-batch into passes of at most *budget* tokens, padding included.
+
+    The examples are taken longest first, so each pass pads only to its own longest
+    example; a single example longer than the budget still gets a pass of its own.
+    ``budget`` 0 keeps the micro-batch whole."""
+    if not budget or len(indices) < 2:
+        return [list(indices)]
+    order = sorted(indices, key=lambda i: -lengths[i])
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= budget:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
+def eval_batches(lengths: list[int], budget: int, max_examples: int) -> list[list[int]]:
+    """Evaluation batches by length: short examples go many to a batch, long ones few."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < max_examples and (len(out[-1]) + 1) * lengths[i] <= budget:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def loss_items(labels: Any, task: str) -> int:
+    """How many terms the model's mean loss averages over: label tokens (LM, tagging) or examples."""
+    if task == "causal-lm":
+        return int((labels[:, 1:] != IGNORE).sum())
+    if task == "token-cls":
+        return int((labels != IGNORE).sum())
+    return int(labels.shape[0])
+
+
+def training_passes(examples: list[dict[str, Any]], micro_batches: list[list[int]], lengths: list[int], budget: int,
+                    pad_id: int, task: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """The collated passes of one optimizer step (each micro-batch split within *budget*) and the
+    number of loss terms in each."""
+    passes = [collate([examples[i] for i in chunk], pad_id, task)
+              for mb in micro_batches for chunk in token_chunks(mb, lengths, budget)]
+    return passes, [loss_items(b["labels"], task) for b in passes]
+
+
+def accumulate_gradients(model: Any, passes: list[dict[str, Any]], items: list[int], *, total_items: float | None = None,
+                         world: int = 1, backward: Any = None, no_sync: Any = None, autocast: Any = None,
+                         to_device: Any = None):
+    """Forward and backward every pass of one step; returns this process's share of the step's loss.
+
+    Each pass's mean loss is weighted by its share of the step's loss terms (examples, or
+    label tokens for LM and tagging, summed over all processes: *total_items*), so the
+    gradient is the one of the whole step's mean loss however the step is split into
+    micro-batches, passes and processes (DDP averages over *world*, hence the factor)."""
+    import contextlib
+
+    import torch
+
+    total = float(sum(items) if total_items is None else total_items)
+    share = None
+    for k, (cpu_batch, n_items) in enumerate(zip(passes, items)):
+        batch = to_device(cpu_batch) if to_device else cpu_batch
+        sync = no_sync(model) if (no_sync is not None and k < len(passes) - 1) else contextlib.nullcontext()
+        with sync, (autocast() if autocast is not None else contextlib.nullcontext()):
+            out = model(**batch)
+            if n_items:
+                loss = out.loss * (n_items * world / max(total, 1.0))
+            else:  # nothing to learn in this pass (all labels masked): a zero that keeps DDP in step
+                loss = out.logits.float().sum() * 0.0
+        (backward or torch.Tensor.backward)(loss)
+        share = loss.detach() / world if share is None else share + loss.detach() / world
+        del out, loss, batch
+    return share
+
+
 def collate(examples: list[dict[str, Any]], pad_id: int, task: str):
     import torch
 
@@ -430,13 +508,8 @@ def evaluate_model(model: Any, loader: Any, task: str, n_labels: int, accelerato
         for batch in loader:
             out = model(**batch)
             labels = batch["labels"]
-            if task == "causal-lm":
-                w = int((labels[:, 1:] != IGNORE).sum())
-            elif task == "token-cls":
-                w = int((labels != IGNORE).sum())
-            else:
-                w = labels.shape[0]
-            loss = out.loss.detach().float() * w
+            w = loss_items(labels, task)
+            loss = out.loss.detach().float() * w if w else torch.zeros((), device=labels.device)
             stats = torch.tensor([float(loss), float(w)], device=labels.device)
             if task in ("seq-cls", "image-cls"):
                 p, g = out.logits.argmax(-1), labels

@@ -76,6 +76,9 @@ class TrainingSpec:
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: never
     metric: str | None = None  # validation metric to select the best checkpoint (accuracy / loss ...)
     group_by_length: bool = True  # batches of similar length: less padding, same samples
+    # most tokens (padding included) run through the model at once; a longer micro-batch is split into
+    # chunks whose gradients add up to the same step. None: auto (CPU 2048, GPU no cap); 0: no cap
+    max_batch_tokens: int | None = None
     packing: bool = False  # causal LM: pack several texts into each row (no padding at all)
     # hardware
     num_processes: int = 1
@@ -203,6 +206,8 @@ class TrainingSpec:
             bad("num_processes must be at least 1")
         if self.early_stopping_patience < 0 or self.eval_every < 0 or self.save_every < 0 or self.log_every < 1:
             bad("early_stopping_patience, eval_every and save_every must not be negative, log_every at least 1")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 0:
+            bad("max_batch_tokens must be 0 (no cap) or a number of tokens")
         if self.packing and self.task != "causal-lm":
             bad("packing only applies to the causal-lm task")
         if self.metric is not None and self.metric not in METRICS:
@@ -210,6 +215,18 @@ class TrainingSpec:
         if self.metric in ("accuracy", "macro_f1") and self.task in ("causal-lm", "regression"):
             bad(f"metric {self.metric!r} does not apply to {self.task}; use loss")
         return self
+
+
+# On a CPU the time per token is flat once a pass holds a few hundred tokens, while memory grows with every
+# token in flight: cap the tokens per pass. On an accelerator a bigger pass is faster, so no cap by default.
+CPU_BATCH_TOKENS = 2048
+
+
+def batch_token_budget(spec: TrainingSpec, device_type: str) -> int:
+    """Tokens (padding included) that one forward/backward pass may hold; 0 means no cap."""
+    if spec.max_batch_tokens is not None:
+        return int(spec.max_batch_tokens)
+    return CPU_BATCH_TOKENS if device_type == "cpu" else 0
 
 
 METRICS = ("accuracy", "macro_f1", "loss", "perplexity")
@@ -315,12 +332,16 @@ def estimate_memory(spec: TrainingSpec, config: dict[str, Any], num_parameters: 
     opt = trainable * 8 + (trainable * 4 if spec.strategy == "full" and wbytes == 2 else 0)
     seq = int(spec.max_length or 128)
     bs = int(spec.batch_size or 8)
+    tokens = seq * bs
+    budget = batch_token_budget(spec, "cpu" if device == "cpu" else "cuda")
+    if budget:  # a longer micro-batch runs in chunks of at most this many tokens (at least one sequence)
+        tokens = min(tokens, max(budget, seq))
     act_layers = 0 if spec.strategy == "head" else layers
-    act = int(34 * seq * hidden * bs * max(act_layers, 1) * (2 if wbytes == 4 else 1))
+    act = int(34 * tokens * hidden * max(act_layers, 1) * (2 if wbytes == 4 else 1))
     total = int((weights + grads + opt + act) * 1.2)  # 20% for allocator slack and buffers
     fits = None if available is None else total <= available
     notes = []
     if fits is False:
         notes.append(f"needs about {total / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is free on {device}; "
-                     "lower batch_size or max_length, or use lora instead of full")
+                     "lower max_batch_tokens, batch_size or max_length, or use lora instead of full")
     return MemoryEstimate(weights, grads, opt, act, total, available, device, fits, notes)

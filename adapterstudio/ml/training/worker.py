@@ -142,6 +142,11 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     mb = int(spec.batch_size)
     ga = int(spec.grad_accum)
     lengths = [M.example_tokens(e) for e in train_ex]
+    from adapterstudio.ml.training.spec import batch_token_budget
+
+    budget = batch_token_budget(spec, device.type)
+    # no gradients kept while evaluating: the same memory holds about twice the tokens
+    eval_tokens = 2 * (budget or mb * int(spec.max_length or 512))
     micro_per_epoch = len(M.length_grouped_batches(lengths, mb, spec.seed, False)) // world
     if micro_per_epoch < 1:
         from adapterstudio.core.errors import InvalidInput
@@ -190,7 +195,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     events("start", pid=os.getpid(), world_size=world, device=str(device), precision=accelerator.mixed_precision, total_steps=total_steps,
            steps_per_epoch=steps_per_epoch, train_examples=len(train_ex), validation_examples=len(val_ex),
            test_examples=len(test_ex), trainable_params=info["trainable_params"], total_params=info["total_params"],
-           batch_size=mb, grad_accum=ga, resumed_from=resumed_from, step=progress["step"], head_modules=info["head_modules"],
+           batch_size=mb, grad_accum=ga, max_batch_tokens=budget, resumed_from=resumed_from, step=progress["step"], head_modules=info["head_modules"],
            unfrozen_layers=info["unfrozen_layers"])
 
     def to_dev(batch: dict) -> dict:
@@ -198,10 +203,11 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
 
     def do_eval(examples: list) -> dict[str, float]:
         # every process scores the whole (small) evaluation split: identical metrics, no collectives
-        order = sorted(range(len(examples)), key=lambda i: M.example_tokens(examples[i]))
-        bs = max(mb, 8)
-        batches = [to_dev(M.collate([examples[i] for i in order[j:j + bs]], pad_id, spec.task))
-                   for j in range(0, len(order), bs)]
+        # batches by length within the token budget: many short examples to a pass, few long ones; built
+        # one at a time so only one is in memory
+        lens = [M.example_tokens(e) for e in examples]
+        idx = M.eval_batches(lens, eval_tokens, max(mb, 8) * 8)
+        batches = (to_dev(M.collate([examples[i] for i in b], pad_id, spec.task)) for b in idx)
         return M.evaluate_model(accelerator.unwrap_model(model), batches, spec.task, n_labels, None)
 
     def save_checkpoint() -> Path:
@@ -268,21 +274,18 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
             if grp[-1] < start_micro:
                 continue
             grp = [g for g in grp if g >= start_micro] or grp
-            step_loss = torch.zeros((), device=device)
-            n_tok = 0
-            n_samp = 0
-            for k, gi in enumerate(grp):
-                batch = to_dev(M.collate([train_ex[i] for i in mine[gi]], pad_id, spec.task))
-                if oom_above and mb > oom_above and progress["step"] >= 1:
-                    raise torch.OutOfMemoryError(f"simulated out of memory at micro-batch {mb} (test hook)")
-                n_samp += len(mine[gi])
-                n_tok += int(batch["attention_mask"].sum()) if "attention_mask" in batch else len(mine[gi])
-                ctx = accelerator.no_sync(model) if k < len(grp) - 1 else _null()
-                with ctx, accelerator.autocast():
-                    out = model(**batch)
-                    loss = out.loss / len(grp)
-                accelerator.backward(loss)
-                step_loss += loss.detach()
+            passes, items = M.training_passes(train_ex, [mine[gi] for gi in grp], lengths, budget, pad_id, spec.task)
+            if oom_above and mb > oom_above and progress["step"] >= 1:
+                raise torch.OutOfMemoryError(f"simulated out of memory at micro-batch {mb} (test hook)")
+            total_items = float(sum(items))
+            if world > 1:  # the step's mean is over every process's loss terms
+                total_items = float(accelerator.reduce(torch.tensor([total_items], device=device), reduction="sum")[0])
+            step_loss = M.accumulate_gradients(model, passes, items, total_items=total_items, world=world,
+                                               backward=accelerator.backward, no_sync=accelerator.no_sync,
+                                               autocast=accelerator.autocast, to_device=to_dev)
+            n_samp = sum(len(mine[gi]) for gi in grp)
+            n_tok = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["labels"].shape[0])
+                        for b in passes)
             if spec.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
             optimizer.step()
@@ -292,8 +295,9 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
             progress["micro_done"] = grp[-1] + 1
             step = progress["step"]
             if world > 1:
+                # each process holds its share of the step's mean loss: the sum is the step's loss
                 stats = accelerator.reduce(torch.tensor([float(step_loss), n_samp, n_tok], device=device), reduction="sum")
-                last_loss, n_samp, n_tok = float(stats[0]) / world, int(stats[1]), int(stats[2])
+                last_loss, n_samp, n_tok = float(stats[0]), int(stats[1]), int(stats[2])
             else:
                 last_loss = float(step_loss)
             window_samples += n_samp
@@ -391,18 +395,6 @@ def _load_best(model: Any, best_dir: Path, spec: Any) -> None:
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, load_file(str(best_dir / "adapter_model.safetensors")))
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
-
-
-def _null() -> _Null:
-    return _Null()
 
 
 if __name__ == "__main__":

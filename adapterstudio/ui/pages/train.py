@@ -345,6 +345,14 @@ class TrainPage(QWidget):
         self.max_length.setRange(0, 32768)
         self.max_length.setSpecialValueText("auto")
         f.addRow("Max length", self.max_length)
+        self.max_batch_tokens = QSpinBox()
+        self.max_batch_tokens.setRange(0, 1 << 24)
+        self.max_batch_tokens.setSingleStep(512)
+        self.max_batch_tokens.setSpecialValueText("auto")
+        self.max_batch_tokens.setToolTip("Most tokens (padding included) in one forward/backward pass. A longer "
+                                         "micro-batch runs as several passes with the same gradient, so memory follows "
+                                         "this number. Auto: 2048 on CPU, no cap on a GPU.")
+        f.addRow("Tokens per pass", self.max_batch_tokens)
         self.lora_r = QSpinBox()
         self.lora_r.setRange(1, 1024)
         self.lora_r.setValue(8)
@@ -373,7 +381,7 @@ class TrainPage(QWidget):
         f.addRow("Seed", self.seed)
         self.cpu = QCheckBox("Train on the CPU")
         f.addRow(self.cpu)
-        for w in (self.epochs, self.batch_size, self.max_length, self.lora_r):
+        for w in (self.epochs, self.batch_size, self.max_length, self.max_batch_tokens, self.lora_r):
             w.valueChanged.connect(self._spec_changed)
         v.addWidget(g)
 
@@ -439,7 +447,8 @@ class TrainPage(QWidget):
             strategy=self.strategy.currentText(), name=self.name.text().strip(),
             text_column=self.text_column.text().strip() or None, label_column=self.label_column.text().strip() or None,
             epochs=self.epochs.value(), lr=lr_value, batch_size=self.batch_size.value() or None,
-            max_length=self.max_length.value() or None, lora_r=self.lora_r.value(),
+            max_length=self.max_length.value() or None, max_batch_tokens=self.max_batch_tokens.value() or None,
+            lora_r=self.lora_r.value(),
             lora_alpha=self.lora_alpha.value() or None, lora_dropout=self.lora_dropout.value(),
             val_fraction=self.val_fraction.value(), early_stopping_patience=self.patience.value(),
             seed=self.seed.value(), cpu=self.cpu.isChecked(),

@@ -208,9 +208,28 @@ def test_token_chunks_split_long_micro_batches_within_the_budget():
         assert len(c) == 1 or len(c) * max(lengths[i] for i in c) <= 256
     assert [0] in chunks and [6] in chunks  # longer than the budget: a pass of its own
     assert M.token_chunks(idx, lengths, 0) == [idx]
-    assert M.token_chunks(idx, lengths, 10**6) == [sorted(idx, key=lambda i: -lengths[i])]
+    assert M.token_chunks([0, 1, 2], [50, 50, 50], 4096) == [[0, 1, 2]]  # nothing to save: one pass
+
     evb = M.eval_batches(lengths, 256, 3)
     assert sorted(i for b in evb for i in b) == idx and max(len(b) for b in evb) <= 3
+
+    def cost(chunks, ls):
+        return sum(M.PASS_OVERHEAD_TOKENS + len(c) * max(ls[i] for i in c) for c in chunks)
+
+    # the cut is optimal: no split of the length-sorted examples into in-budget passes computes less
+    import itertools
+    import random
+
+    rng = random.Random(3)
+    for _ in range(30):
+        ls = [rng.choice([rng.randint(3, 40), rng.randint(40, 300)]) for _ in range(9)]
+        got = M.token_chunks(list(range(9)), ls, 512)
+        order = sorted(range(9), key=lambda i: -ls[i])
+        best = min(cost(parts, ls) for cuts in itertools.product([0, 1], repeat=8)
+                   for parts in [[order[a:b] for a, b in zip([0] + [k + 1 for k in range(8) if cuts[k]],
+                                                              [k + 1 for k in range(8) if cuts[k]] + [9])]]
+                   if all(len(c) == 1 or len(c) * ls[c[0]] <= 512 for c in parts))
+        assert cost(got, ls) == best
 
 
 def _grads(model):

@@ -9,7 +9,7 @@ import pytest
 
 from adapterstudio.core.errors import InvalidInput
 from adapterstudio.ml.training.data import load_table, prepare, stratified_split
-from adapterstudio.ml.training.spec import TrainingSpec, batch_token_budget, estimate_memory
+from adapterstudio.ml.training.spec import TrainingSpec, batch_token_budget, estimate_memory, group_by_length
 
 
 def test_spec_yaml_round_trip_and_defaults(tmp_path):
@@ -184,6 +184,10 @@ def test_token_budget_defaults_by_device_and_bounds_the_activation_estimate():
     assert batch_token_budget(spec, "cpu") == 2048 and batch_token_budget(spec, "cuda") == 0
     assert batch_token_budget(spec.replace(max_batch_tokens=0), "cpu") == 0
     assert batch_token_budget(spec.replace(max_batch_tokens=4096), "cuda") == 4096
+    # random batches where passes remove the padding; length-grouped batches where a micro-batch runs whole
+    assert group_by_length(spec, "cpu") is False and group_by_length(spec, "cuda") is True
+    assert group_by_length(spec.replace(max_batch_tokens=0), "cpu") is True
+    assert group_by_length(spec.replace(group_by_length=True), "cpu") is True
     cfg = {"hidden_size": 384, "num_hidden_layers": 6}
     capped = estimate_memory(spec, cfg, 22_000_000, "cpu")
     whole = estimate_memory(spec.replace(max_batch_tokens=0), cfg, 22_000_000, "cpu")

@@ -46,6 +46,12 @@ def test_train_page_runs_a_job_end_to_end(qtbot, window, tiny_setup, lib):
     assert "train" in page.preview_label.text()
     est = wait_worker(qtbot, page.estimate())
     assert est["total"] > 0 and "needed" in page.estimate_label.text()
+    assert page.spec_dict()["max_batch_tokens"] is None  # auto
+    page.max_batch_tokens.setValue(256)
+    assert page.spec_dict()["max_batch_tokens"] == 256
+    smaller = wait_worker(qtbot, page.estimate())
+    assert smaller["activations"] < est["activations"]
+    page.max_batch_tokens.setValue(0)
     page.strategy.setCurrentText("ia3")  # the preset disables the LoRA-only fields
     assert not page.lora_r.isEnabled()
     page.strategy.setCurrentText("lora")

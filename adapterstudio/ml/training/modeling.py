@@ -373,22 +373,39 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, group
     return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
 
 
-def token_chunks(indices: list[int], lengths: list[int], budget: int) -> list[list[int]]:
-    """Split one micro-batch into passes of at most *budget* tokens, padding included.
+# what one extra forward/backward pass costs, in tokens' worth of work (measured on CPU with MiniLM: ~15 ms of
+# fixed cost against ~0.7 ms a token); it keeps the split from making many tiny passes
+PASS_OVERHEAD_TOKENS = 32
 
-    The examples are taken longest first, so each pass pads only to its own longest
-    example; a single example longer than the budget still gets a pass of its own.
-    ``budget`` 0 keeps the micro-batch whole."""
+
+def token_chunks(indices: list[int], lengths: list[int], budget: int,
+                 pass_overhead: int = PASS_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Split one micro-batch into forward/backward passes of at most *budget* tokens, padding included.
+
+    The examples are sorted longest first and cut into contiguous passes, each padded only
+    to its own longest example; the cut minimises the padded tokens computed plus
+    *pass_overhead* per pass (dynamic programming, exact). A single example longer than
+    the budget gets a pass of its own. ``budget`` 0 keeps the micro-batch whole."""
     if not budget or len(indices) < 2:
         return [list(indices)]
     order = sorted(indices, key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: cheapest cover of the j longest examples
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):  # pass order[i:j], padded to lengths[order[i]]
+            width = lengths[order[i]]
+            if j - i > 1 and (j - i) * width > budget:
+                break  # longer passes only get wider
+            cost = best[i] + pass_overhead + (j - i) * width
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
     chunks: list[list[int]] = []
-    for i in order:
-        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= budget:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-    return chunks
+    j = n
+    while j > 0:
+        chunks.append(order[cut[j]:j])
+        j = cut[j]
+    return chunks[::-1]
 
 
 def eval_batches(lengths: list[int], budget: int, max_examples: int) -> list[list[int]]:

@@ -75,7 +75,10 @@ class TrainingSpec:
     log_every: int = 1
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: never
     metric: str | None = None  # validation metric to select the best checkpoint (accuracy / loss ...)
-    group_by_length: bool = True  # batches of similar length: less padding, same samples
+    # batches of similar length (less padding, but a batch's labels follow its length where the two correlate).
+    # None: auto: random batches when passes are split by a token budget (the split removes the padding
+    # instead), length-grouped batches when a micro-batch runs whole
+    group_by_length: bool | None = None
     # most tokens (padding included) run through the model at once; a longer micro-batch is split into
     # chunks whose gradients add up to the same step. None: auto (CPU 2048, GPU no cap); 0: no cap
     max_batch_tokens: int | None = None
@@ -227,6 +230,13 @@ def batch_token_budget(spec: TrainingSpec, device_type: str) -> int:
     if spec.max_batch_tokens is not None:
         return int(spec.max_batch_tokens)
     return CPU_BATCH_TOKENS if device_type == "cpu" else 0
+
+
+def group_by_length(spec: TrainingSpec, device_type: str) -> bool:
+    """Whether micro-batches are grouped by length (see ``TrainingSpec.group_by_length``)."""
+    if spec.group_by_length is not None:
+        return bool(spec.group_by_length)
+    return batch_token_budget(spec, device_type) == 0
 
 
 METRICS = ("accuracy", "macro_f1", "loss", "perplexity")

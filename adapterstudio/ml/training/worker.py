@@ -142,9 +142,10 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     mb = int(spec.batch_size)
     ga = int(spec.grad_accum)
     lengths = [M.example_tokens(e) for e in train_ex]
-    from adapterstudio.ml.training.spec import batch_token_budget
+    from adapterstudio.ml.training.spec import batch_token_budget, group_by_length
 
     budget = batch_token_budget(spec, device.type)
+    grouped = group_by_length(spec, device.type)
     # no gradients kept while evaluating: the same memory holds about twice the tokens
     eval_tokens = 2 * (budget or mb * int(spec.max_length or 512))
     micro_per_epoch = len(M.length_grouped_batches(lengths, mb, spec.seed, False)) // world
@@ -195,7 +196,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     events("start", pid=os.getpid(), world_size=world, device=str(device), precision=accelerator.mixed_precision, total_steps=total_steps,
            steps_per_epoch=steps_per_epoch, train_examples=len(train_ex), validation_examples=len(val_ex),
            test_examples=len(test_ex), trainable_params=info["trainable_params"], total_params=info["total_params"],
-           batch_size=mb, grad_accum=ga, max_batch_tokens=budget, resumed_from=resumed_from, step=progress["step"], head_modules=info["head_modules"],
+           batch_size=mb, grad_accum=ga, max_batch_tokens=budget, group_by_length=grouped, resumed_from=resumed_from, step=progress["step"], head_modules=info["head_modules"],
            unfrozen_layers=info["unfrozen_layers"])
 
     def to_dev(batch: dict) -> dict:
@@ -266,7 +267,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     done = progress["step"] >= total_steps
     while not done:
         epoch = progress["epoch"]
-        batches = M.length_grouped_batches(lengths, mb, spec.seed + epoch, spec.group_by_length)
+        batches = M.length_grouped_batches(lengths, mb, spec.seed + epoch, grouped)
         mine = batches[rank::world][:micro_per_epoch]
         groups = [list(range(i, min(i + ga, len(mine)))) for i in range(0, len(mine), ga)]
         start_micro = progress["micro_done"]

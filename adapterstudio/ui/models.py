@@ -97,6 +97,20 @@ class RowTableModel(QAbstractTableModel):
         return index.isValid() and 0 <= index.row() < len(self._rows)
 
 
+ADAPTER_ROLES = (TagsRole, BaseNameRole, TaskRole, PeftTypeRole)
+
+
+def adapter_role(rec: AdapterRecord, role: int) -> Any:
+    """The filter roles of an adapter row (the table and the tree answer them alike)."""
+    if role == TagsRole:
+        return list(rec.tags)
+    if role == BaseNameRole:
+        return rec.base or ""
+    if role == TaskRole:
+        return rec.task_type or ""
+    return rec.peft_type
+
+
 class AdapterTableModel(RowTableModel):
     COLUMNS = ("Name", "Base", "Type", "Task", "Rank", "Size", "Tags", "Source", "Created")
     NAME, BASE, TYPE, TASK, RANK, SIZE, TAGS, SOURCE, CREATED = range(9)
@@ -165,14 +179,8 @@ class AdapterTableModel(RowTableModel):
             return rec.name
         if role == KindRole:
             return "adapter"
-        if role == TagsRole:
-            return list(rec.tags)
-        if role == BaseNameRole:
-            return rec.base or ""
-        if role == TaskRole:
-            return rec.task_type or ""
-        if role == PeftTypeRole:
-            return rec.peft_type
+        if role in ADAPTER_ROLES:
+            return adapter_role(rec, role)
         if role == Qt.ItemDataRole.DecorationRole and col == self.NAME:
             return _icon("adapter")
         if role == Qt.ItemDataRole.ToolTipRole:
@@ -302,15 +310,8 @@ class LibraryTreeModel(QAbstractItemModel):
             return kind
         if role == NameRole:
             return "" if rec is None else rec.name
-        if kind == "adapter":
-            if role == TagsRole:
-                return list(rec.tags)
-            if role == BaseNameRole:
-                return rec.base or ""
-            if role == TaskRole:
-                return rec.task_type or ""
-            if role == PeftTypeRole:
-                return rec.peft_type
+        if kind == "adapter" and role in ADAPTER_ROLES:
+            return adapter_role(rec, role)
         if role == Qt.ItemDataRole.DecorationRole and col == 0:
             return _icon({"adapter": "adapter", "base": "base", "group": "warning"}[kind])
         if role == Qt.ItemDataRole.ToolTipRole and kind == "base" and col == 0:

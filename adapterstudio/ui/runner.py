@@ -201,19 +201,11 @@ class Runner(QObject):
         s = w.signals
         on_result, on_progress, on_log, on_event, on_cancelled, on_error, on_finished = (
             _tolerate_deleted(cb) for cb in (on_result, on_progress, on_log, on_event, on_cancelled, on_error, on_finished))
-        if on_result is not None:
-            s.result.connect(on_result)
-        if on_progress is not None:
-            s.progress.connect(on_progress)
-        if on_log is not None:
-            s.log.connect(on_log)
-        if on_event is not None:
-            s.event.connect(on_event)
-        if on_cancelled is not None:
-            s.cancelled.connect(on_cancelled)
-        if on_error is not None:
-            s.error.connect(on_error)
-        else:
+        for signal, cb in ((s.result, on_result), (s.progress, on_progress), (s.log, on_log), (s.event, on_event),
+                           (s.cancelled, on_cancelled), (s.error, on_error)):
+            if cb is not None:
+                signal.connect(cb)
+        if on_error is None:
             s.error.connect(lambda exc, w=w: self.unhandled_error.emit(exc, w.traceback))
         s.error.connect(lambda exc, w=w: log.log(
             logging.INFO if _is_user_error(exc) else logging.ERROR, "task %s failed: %s\n%s", w.name, exc, w.traceback))

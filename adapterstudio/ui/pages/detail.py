@@ -111,6 +111,18 @@ class MetricsPlot(QWidget):
             self.other.enableAutoRange(axis="y")
 
 
+def _title_row() -> tuple[QHBoxLayout, QLabel, QLabel]:
+    """A detail pane's header: icon and a large, selectable name (actions are added after)."""
+    head = QHBoxLayout()
+    icon_label = QLabel()
+    head.addWidget(icon_label)
+    name_label = QLabel()
+    name_label.setStyleSheet("font-size: 17px; font-weight: 600;")
+    name_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    head.addWidget(name_label, 1)
+    return head, icon_label, name_label
+
+
 class AdapterDetail(QWidget):
     """One adapter: header with actions, tabs for overview, lineage, files and card."""
 
@@ -126,13 +138,7 @@ class AdapterDetail(QWidget):
         self.record: AdapterRecord | None = None
         v = QVBoxLayout(self)
         v.setContentsMargins(0, 0, 0, 0)
-        head = QHBoxLayout()
-        self.icon_label = QLabel()
-        head.addWidget(self.icon_label)
-        self.name_label = QLabel()
-        self.name_label.setStyleSheet("font-size: 17px; font-weight: 600;")
-        self.name_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        head.addWidget(self.name_label, 1)
+        head, self.icon_label, self.name_label = _title_row()
         self.buttons = {}
         for key, ic, tip in (("use", "playground", "Open in the Playground"), ("rename", "rename", "Rename"),
                              ("tags", "tag", "Edit tags"), ("export", "export", "Export a copy"),
@@ -341,12 +347,7 @@ class BaseDetail(QWidget):
         super().__init__()
         v = QVBoxLayout(self)
         v.setContentsMargins(0, 0, 0, 0)
-        head = QHBoxLayout()
-        self.icon_label = QLabel()
-        head.addWidget(self.icon_label)
-        self.name_label = QLabel()
-        self.name_label.setStyleSheet("font-size: 17px; font-weight: 600;")
-        head.addWidget(self.name_label, 1)
+        head, self.icon_label, self.name_label = _title_row()
         self.remove_btn = tool_button("remove", "Forget this base (its files are not touched)")
         self.remove_btn.clicked.connect(lambda: self.record and self.remove_requested.emit(self.record.name))
         head.addWidget(self.remove_btn)

@@ -47,6 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from adapterstudio.core import jsonl
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -89,8 +91,8 @@ def baseline_child(args: argparse.Namespace) -> None:
 
     tlog.set_verbosity_error()
     data = Path(args.data_dir)
-    train = [json.loads(x) for x in (data / "train.jsonl").read_text().splitlines()]
-    val = [json.loads(x) for x in (data / "validation.jsonl").read_text().splitlines()]
+    train = jsonl.read(data / "train.jsonl")
+    val = jsonl.read(data / "validation.jsonl")
     labels = json.loads((data / "meta.json").read_text())["labels"]
     lab = {x: i for i, x in enumerate(labels)}
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -199,10 +201,10 @@ def main() -> None:
                             cpu=args.cpu, eval_every=10**9, max_batch_tokens=max_batch_tokens)
         out = T.train(lib, spec, Context())
         run_dir = Path(out.run.run_dir)
-        events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.strip()]
+        events = jsonl.read(run_dir / "events.jsonl")
         steps = [e for e in events if e["event"] == "step"]
         start = next(e for e in events if e["event"] == "start")
-        train_rows = [json.loads(x) for x in (run_dir / "data" / "train.jsonl").read_text().splitlines()]
+        train_rows = jsonl.read(run_dir / "data" / "train.jsonl")
         lens = [len(x) for x in tok([r["text"] for r in train_rows], truncation=True, max_length=args.max_length)["input_ids"]]
         n = {"tokens": sum(lens) * args.epochs, "samples": len(train_rows) * args.epochs, "mean": sum(lens) / len(lens),
              "max": max(lens), "train_rows": len(train_rows), "budget": start.get("max_batch_tokens")}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from adapterstudio.core import jsonl
 from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
 
 
@@ -125,7 +126,7 @@ def test_sigkill_mid_run_then_resume_to_completion(home, tiny_cli):
         if not found:
             continue
         events_file = found[0]
-        evs = [json.loads(line) for line in events_file.read_text().splitlines() if line.endswith("}")]
+        evs = jsonl.read(events_file, skip_bad=True)
         worker_pid = next((e["pid"] for e in evs if e["event"] == "start"), None)
         checkpoints = sum(e["event"] == "checkpoint" for e in evs)
     assert checkpoints >= 2 and worker_pid, "the run never checkpointed"
@@ -144,7 +145,7 @@ def test_sigkill_mid_run_then_resume_to_completion(home, tiny_cli):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["adapter"] == "killed" and out["run"]["status"] == "succeeded"
-    evs = [json.loads(line) for line in events_file.read_text().splitlines() if line.endswith("}")]
+    evs = jsonl.read(events_file, skip_bad=True)
     starts = [e for e in evs if e["event"] == "start"]
     assert starts[-1]["resumed_from"] is not None and starts[-1]["step"] >= killed_at
     assert evs[-1]["event"] == "done" and evs[-1]["steps"] == 320

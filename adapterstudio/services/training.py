@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapterstudio.core import jsonl
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError
 from adapterstudio.core.fsutil import atomic_write_text
@@ -284,22 +285,12 @@ def _launch_and_watch(spec: TrainingSpec, run_dir: Path, run_id: str, store: Run
     stop_sent_at: float | None = None
     history: list[dict[str, Any]] = []
     metrics = store.get(run_id).metrics
-    buf = b""
     try:
         while True:
             rc = proc.poll()
-            if events_path.exists():
-                with events_path.open("rb") as fh:
-                    fh.seek(offset)
-                    chunk = fh.read()
-                offset += len(chunk)
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    try:
-                        ev = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
+            new_events, offset = jsonl.read_since(events_path, offset)
+            for ev in new_events:
+                if isinstance(ev, dict):
                     _handle_event(ev, run_id, store, ctx, info, history, metrics)
             if rc is not None:
                 return rc, info
@@ -360,8 +351,7 @@ def _handle_event(ev: dict[str, Any], run_id: str, store: RunStore, ctx: TaskCon
 
 
 def _append_event(run_dir: Path, kind: str, **data: Any) -> None:
-    with (run_dir / "events.jsonl").open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"event": kind, "time": time.time(), **data}) + "\n")
+    jsonl.append(run_dir / "events.jsonl", {"event": kind, "time": time.time(), **data})
 
 
 def _latest_checkpoint(run_dir: Path) -> str | None:

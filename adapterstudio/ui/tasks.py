@@ -35,8 +35,9 @@ def adapter_details(ctx, lib, name: str) -> dict[str, Any]:
 
 def run_series(lib, run_id: str) -> dict[str, tuple[list[float], list[float]]]:
     """The curves of a training run from its events (every logged step), when the run is still on disk."""
-    import json
     from pathlib import Path
+
+    from adapterstudio.core import jsonl
 
     try:
         from adapterstudio.services import training
@@ -57,11 +58,7 @@ def run_series(lib, run_id: str) -> dict[str, tuple[list[float], list[float]]]:
             xs.append(float(x))
             ys.append(float(y))
 
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
+    for ev in jsonl.read(path, skip_bad=True):
         if ev.get("event") == "step":
             add("train_loss", ev.get("step", 0), ev.get("loss"))
         elif ev.get("event") == "eval":

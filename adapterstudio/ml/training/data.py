@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapterstudio.core import jsonl
 from adapterstudio.core.errors import InvalidInput
 
 TEXT_GUESSES = ("text", "sentence", "content", "review", "document", "input", "tweet", "word")
@@ -57,7 +58,7 @@ class PreparedData:
         folder.mkdir(parents=True, exist_ok=True)
         for split in ("train", "validation", "test"):
             rows = getattr(self, split)
-            atomic_write_text(folder / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            atomic_write_text(folder / f"{split}.jsonl", jsonl.text(rows))
         meta = {"task": self.task, "labels": self.labels, "columns": self.columns, "dataset": self.dataset,
                 "warnings": self.warnings, "sizes": {s: len(getattr(self, s)) for s in ("train", "validation", "test")}}
         atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
@@ -67,8 +68,7 @@ class PreparedData:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         splits = {}
         for split in ("train", "validation", "test"):
-            p = folder / f"{split}.jsonl"
-            splits[split] = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()] if p.exists() else []
+            splits[split] = jsonl.read(folder / f"{split}.jsonl")
         return cls(task=meta["task"], labels=meta["labels"], columns=meta["columns"], dataset=meta["dataset"],
                    warnings=meta.get("warnings", []), **splits)
 

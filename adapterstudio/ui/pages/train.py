@@ -11,7 +11,6 @@ reopening the window, and shows jobs started from the CLI as well.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleS
                                QPushButton, QScrollArea, QSpinBox, QSplitter, QSystemTrayIcon, QTableView, QTabWidget,
                                QVBoxLayout, QWidget)
 
+from adapterstudio.core import jsonl
 from adapterstudio.ui.icons import app_icon, icon
 from adapterstudio.ui.models import NameRole, RowTableModel, SortRole, human_count, human_size, human_time
 from adapterstudio.ui.runner import ACCEL, Worker
@@ -111,23 +111,12 @@ def t_runs(ctx, lib, offsets: dict[str, int]) -> dict[str, Any]:
         p = Path(r.run_dir) / "events.jsonl"
         start = offsets.get(r.id, 0)
         try:
-            size = p.stat().st_size
+            if p.stat().st_size <= start:
+                continue
         except OSError:
             continue
-        if size <= start:
-            continue
-        with p.open("rb") as fh:
-            fh.seek(start)
-            chunk = fh.read(size - start)
-        end = chunk.rfind(b"\n") + 1  # only whole lines; the rest is read next time
-        out = []
-        for line in chunk[:end].splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
+        out, new_offsets[r.id] = jsonl.read_since(p, start)
         events[r.id] = out
-        new_offsets[r.id] = start + end
     return {"runs": runs, "events": events, "offsets": new_offsets}
 
 

@@ -43,7 +43,8 @@ def tlib(lib, models, tmp_path):
 
 
 def _spec(lib, **kw):
-    base = dict(base="tb", data=str(lib.test_data), epochs=1, batch_size=8, cpu=True, name="t")
+    # the fixed recipe: these tests are about the loop's mechanics (the auto recipe: test_recipe.py)
+    base = dict(base="tb", data=str(lib.test_data), epochs=1, batch_size=8, cpu=True, name="t", recipe="fixed")
     base.update(kw)
     return TrainingSpec(**base)
 

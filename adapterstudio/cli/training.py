@@ -6,7 +6,16 @@ import argparse
 import json
 from typing import Any
 
-from adapterstudio.cli._common import add_group, cli_context, emit, human_size, open_lib, table, want_json
+from adapterstudio.cli._common import (
+    add_group,
+    cli_context,
+    emit,
+    human_size,
+    open_lib,
+    table,
+    want_json,
+)
+from adapterstudio.services import baseline
 
 TASK_CHOICES = ["seq-cls", "regression", "causal-lm", "token-cls", "image-cls"]
 STRATEGY_CHOICES = ["head", "partial", "lora", "dora", "ia3", "loha", "lokr", "full"]
@@ -24,6 +33,8 @@ SPEC_FLAGS = {
     "early_stopping": "early_stopping_patience", "eval_every": "eval_every", "save_every": "save_every",
     "quantize": "quantize", "packing": "packing", "accelerate_config": "accelerate_config", "schedule": "schedule",
     "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay", "max_batch_tokens": "max_batch_tokens",
+    "recipe": "recipe", "metric": "metric", "head_lr": "head_lr", "class_weights": "class_weights",
+    "head_init": "head_init", "baseline": "baseline",
 }
 
 
@@ -46,7 +57,21 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     p.add_argument("--test", default=S, metavar="FILE", help="a held-out test file")
     p.add_argument("--val-fraction", type=float, default=S)
     p.add_argument("--test-fraction", type=float, default=S)
-    p.add_argument("--epochs", type=float, default=S)
+    p.add_argument("--recipe", choices=["auto", "fixed"], default=S,
+                   help="auto (default): epochs as a step budget, evaluations, early stopping, metric, learning rates, "
+                        "class weights and head initialisation decided from the data (written into the spec; any "
+                        "setting you give wins); fixed: the same defaults for every data set (3 epochs, ...)")
+    p.add_argument("--epochs", type=float, default=S, help="(default: the recipe's step budget; fixed: 3)")
+    p.add_argument("--metric", choices=["accuracy", "macro_f1", "loss", "perplexity", "rmse", "r2"], default=S,
+                   help="validation metric that selects the best checkpoint and stops early (default: macro_f1 for "
+                        "skewed or multi-class labels, accuracy for balanced two-class, rmse for regression)")
+    p.add_argument("--head-lr", type=float, default=S, help="the new head's learning rate (adapters; default by recipe)")
+    p.add_argument("--class-weights", choices=["none", "balanced"], default=S,
+                   help="weigh the loss against class skew (default: balanced when classes are skewed)")
+    p.add_argument("--head-init", choices=["probe", "random"], default=S,
+                   help="start the new head from the frozen-feature probe (default) or at random")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", default=S,
+                   help="skip the frozen-feature baseline (logistic regression) fitted beside every classification run")
     p.add_argument("--lr", type=float, default=S, help="learning rate (default: by strategy and model size" +
                    ("; compare uses each strategy's default when it runs several)" if for_compare else ")"))
     p.add_argument("--batch-size", type=int, default=S, help="micro-batch per process")
@@ -65,8 +90,10 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     p.add_argument("--target-modules", default=S, help="comma-separated module names (default: all linear layers)")
     p.add_argument("--rslora", action="store_true", default=S, help="rank-stabilised LoRA scaling")
     p.add_argument("--unfreeze-layers", type=int, default=S, help="partial: how many last layers train")
-    p.add_argument("--early-stopping", type=int, default=S, metavar="N", help="stop after N evaluations without improvement")
-    p.add_argument("--eval-every", type=int, default=S, metavar="STEPS")
+    p.add_argument("--early-stopping", type=int, default=S, metavar="N",
+                   help="stop after N evaluations without improvement (0: never; default by recipe)")
+    p.add_argument("--eval-every", type=int, default=S, metavar="STEPS",
+                   help="optimizer steps between validations (0: once per epoch; default by recipe)")
     p.add_argument("--save-every", type=int, default=S, metavar="STEPS", help="checkpoint every N optimizer steps")
     p.add_argument("--quantize", choices=["none", "4bit", "8bit"], default=S, help="QLoRA base (CUDA + bitsandbytes only)")
     p.add_argument("--packing", action="store_true", default=S, help="causal-lm: pack texts into full rows")
@@ -92,6 +119,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     q = r.add_parser("show", parents=[common], help="show a run: status, spec, metrics, world size, checkpoint, duration")
     q.add_argument("run")
     q.set_defaults(handler=cmd_runs_show)
+    q = r.add_parser("save-probe", parents=[common],
+                     help="save a run's frozen-feature probe as a head adapter in the catalogue")
+    q.add_argument("run")
+    q.add_argument("--name", help="catalogue name (default: the run's name + '-probe')")
+    q.set_defaults(handler=cmd_runs_save_probe)
     q = r.add_parser("cancel", parents=[common], help="ask a running run to stop at its next step (it checkpoints first)")
     q.add_argument("run")
     q.set_defaults(handler=cmd_runs_cancel)
@@ -153,7 +185,8 @@ def _run_outcome(args: argparse.Namespace, out: Any) -> int:
     name = getattr(out.adapter, "name", None)
     data = {"run": out.run.to_json(), "adapter": name, "kind": "base" if out.run.spec.get("strategy") == "full" else "adapter",
             "final": r.get("final"), "test": r.get("test"), "world_size": r.get("world_size"),
-            "trainable_params": r.get("trainable_params"), "duration_s": r.get("duration_s")}
+            "trainable_params": r.get("trainable_params"), "duration_s": r.get("duration_s"),
+            **baseline.fields(r)}
 
     def text() -> str:
         lines = [f"run {out.run.id}: {out.run.status}; {'base' if data['kind'] == 'base' else 'adapter'} {name!r} is in the catalogue",
@@ -164,6 +197,7 @@ def _run_outcome(args: argparse.Namespace, out: Any) -> int:
             if m:
                 lines.append(f"{'validation' if split == 'final' else 'test'}: " +
                              ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+        lines += baseline.lines(r, out.run.spec.get("strategy"))
         return "\n".join(lines)
 
     emit(args, data, text)
@@ -201,7 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _fmt_metric(run: Any) -> str:
     m = run.metrics or {}
     final = m.get("final") or {}
-    for k in ("accuracy", "loss"):
+    for k in (m.get("metric"), "accuracy", "loss"):
         if k in final:
             return f"{k} {final[k]:.4f}"
     hist = m.get("history") or []
@@ -230,7 +264,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
     lib = open_lib(args)
     r = RunStore(lib.catalogue).get(args.run)
-    d = r.to_json()
+    d = {**r.to_json(), **baseline.fields(r.metrics)}
 
     def text() -> str:
         lines = [f"run {r.id} ({r.name}): {r.status}", f"base: {r.base}", f"adapter: {r.adapter or '-'}",
@@ -246,9 +280,24 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
             m = (r.metrics or {}).get(split)
             if m:
                 lines.append(f"{split}: " + json.dumps(m))
+        lines += baseline.lines(r.metrics, r.spec.get("strategy"))
         return "\n".join(lines)
 
     emit(args, d, text)
+    return 0
+
+
+def cmd_runs_save_probe(args: argparse.Namespace) -> int:
+    from adapterstudio.services import training as T
+
+    lib = open_lib(args)
+    ctx, bar = _progress_ctx(args, "saving the probe")
+    try:
+        rec = T.save_probe(lib, args.run, args.name, ctx)
+    finally:
+        bar.close()
+    emit(args, rec.to_json() if hasattr(rec, "to_json") else {"name": rec.name},
+         f"saved the frozen-feature probe of run {args.run} as head adapter {rec.name!r}")
     return 0
 
 

@@ -24,12 +24,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from adapterstudio.api import ENTRY_POINT_GROUP, HubProvider, NetworkError, ProviderConfig, RemoteAdapter
-from adapterstudio.api.cards import HUB_ID, card_errors, looks_like_local_path, parse_card, render_card
+from adapterstudio.api import (
+    ENTRY_POINT_GROUP,
+    HubProvider,
+    NetworkError,
+    ProviderConfig,
+    RemoteAdapter,
+)
+from adapterstudio.api.cards import (
+    HUB_ID,
+    card_errors,
+    looks_like_local_path,
+    parse_card,
+    render_card,
+)
 from adapterstudio.api.registry import ProviderEntry, discover, load_provider
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError
 from adapterstudio.core.records import AdapterRecord
+from adapterstudio.services import baseline
 
 DEFAULT_PROVIDER = "huggingface"
 
@@ -147,6 +160,11 @@ def make_card(lib, adapter: AdapterRecord, base_model: str, repo_id: str | None 
     lines += ["## Adapter", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in details if v not in (None, "")] + [""]
     if metrics:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())] + [""]
+    compared = baseline.lines(lineage, lineage.get("strategy"))
+    if compared:
+        lines += ["## Against the frozen-feature baseline", "",
+                  "Trained beside a logistic regression on the frozen base's features (same training split, "
+                  "scored on the same held-out split):", ""] + [f"- {x}" for x in compared] + [""]
     rid = repo_id or f"OWNER/{adapter.name}"
     lines += ["## How to use", "", "With PEFT:", "", "```python",
               f"from transformers import {auto}", "from peft import PeftModel", "",

@@ -56,8 +56,12 @@ def runs(lib: Any) -> RunStore:
 
 
 # -- preparing --------------------------------------------------------------------
-def resolve_spec(lib: Any, spec: TrainingSpec) -> tuple[TrainingSpec, Any]:
-    """Validate *spec* against the catalogue; fill defaults for the base's size."""
+def resolve_spec(lib: Any, spec: TrainingSpec, prepared: Any = None,
+                 notes: list[str] | None = None) -> tuple[TrainingSpec, Any]:
+    """Validate *spec* against the catalogue; fill defaults for the base's size.
+
+    With the *prepared* data, the auto recipe first decides what the user left open from the
+    data (its decisions are appended to *notes*)."""
     spec.validate()
     base = lib.catalogue.get_base(spec.base)
     if not base.path or not Path(base.path).exists():
@@ -73,6 +77,12 @@ def resolve_spec(lib: Any, spec: TrainingSpec) -> tuple[TrainingSpec, Any]:
         v = getattr(spec, key)
         if v:
             setattr(spec, key, str(Path(v).expanduser().resolve()))
+    if prepared is not None:
+        from adapterstudio.ml.training import recipe
+
+        spec, decided = recipe.apply(spec, prepared, base.num_parameters)
+        if notes is not None:
+            notes.extend(decided)
     return spec.with_defaults(base.num_parameters).validate(), base
 
 
@@ -107,14 +117,18 @@ def prepare_run(lib: Any, spec: TrainingSpec, ctx: TaskContext = NULL_CONTEXT, *
     """Check everything, split the data into the run folder, and record the run."""
     from adapterstudio.ml.training.data import PreparedData, prepare
 
-    spec, base = resolve_spec(lib, spec)
-    ctx.log(f"checking and splitting {spec.data}")
+    checked, base = resolve_spec(lib, spec)
+    ctx.log(f"checking and splitting {checked.data}")
     if prepared_from is not None:
         prepared = PreparedData.read(prepared_from)
     else:
-        prepared = prepare(spec)
+        prepared = prepare(checked)
     for w in prepared.warnings:
         ctx.log(f"warning: {w}")
+    notes: list[str] = []
+    spec, base = resolve_spec(lib, spec.replace(name=checked.name), prepared, notes)
+    for n in notes:
+        ctx.log(f"recipe: {n}")
     store = runs(lib)
     run = store.create(name=spec.name, spec=spec.to_dict(), base_id=base.id, status=status)
     run_dir = Path(run.run_dir)
@@ -346,6 +360,12 @@ def _handle_event(ev: dict[str, Any], run_id: str, store: RunStore, ctx: TaskCon
         ctx.log(f"out of memory: {ev.get('message')}")
     elif kind == "cancelled":
         info["cancelled"] = True
+    elif kind == "baseline":
+        val = (ev.get("val") or {}).get(ev.get("metric"))
+        test = (ev.get("test") or {}).get(ev.get("metric"))
+        ctx.log(f"baseline: logistic regression on the frozen {ev.get('features')} features: {ev.get('metric')} "
+                f"{val:.4f} on validation" + (f", {test:.4f} on test" if test is not None else "") +
+                (" (the new head starts from it)" if ev.get("head_init") else ""))
     elif kind == "early_stop":
         ctx.log(f"early stop at step {ev.get('step')}: no improvement in {ev.get('patience')} evaluations")
 
@@ -408,6 +428,8 @@ def build_lineage(run_id: str, spec: TrainingSpec, job: dict[str, Any], result: 
         "duration_s": result.get("duration_s"), "world_size": result.get("world_size"),
         "trainable_params": result.get("trainable_params"), "total_params": result.get("total_params"),
         "best_step": result.get("best_step"), "steps": result.get("steps"),
+        **{k: result[k] for k in ("baseline", "baseline_metric", "gain_over_baseline", "baseline_warning",
+                                  "baseline_split", "metric") if k in result},
     }
 
 
@@ -492,16 +514,58 @@ def compare(lib: Any, spec: TrainingSpec, strategies: list[str], ctx: TaskContex
                 continue
             r = out.result
             metric = r.get("metric") or "loss"
+            if r.get("baseline") and not any(x["strategy"] == "probe" for x in rows):
+                b = r["baseline"]
+                rows.append({"strategy": "probe", "run": run.id, "adapter": None, "status": "succeeded",
+                             "features": b.get("features"), "trainable_params": None, "total_params": None,
+                             "metric": b.get("metric"), "val": (b.get("val") or {}).get(b.get("metric")),
+                             "test": (b.get("test") or {}).get(b.get("metric")), "val_metrics": b.get("val", {}),
+                             "test_metrics": b.get("test", {}), "train_time_s": b.get("seconds"), "peak_memory": None})
             rows.append({
                 "strategy": s, "run": run.id, "adapter": getattr(out.adapter, "name", None), "status": "succeeded",
                 "trainable_params": r.get("trainable_params"), "total_params": r.get("total_params"), "metric": metric,
                 "val": r.get("final", {}).get(metric), "test": r.get("test", {}).get(metric),
                 "val_metrics": r.get("final", {}), "test_metrics": r.get("test", {}),
                 "train_time_s": r.get("duration_s"), "peak_memory": r.get("peak_memory"),
+                "gain_over_baseline": r.get("gain_over_baseline"),
             })
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     return rows
+
+
+def save_probe(lib: Any, run_id: str, name: str | None = None, ctx: TaskContext = NULL_CONTEXT) -> Any:
+    """Save a run's frozen-feature probe (fitted on the head's input features) as a ``head`` adapter."""
+    from adapterstudio.ml.training.probe_export import export_probe_head
+
+    run = runs(lib).get(run_id)
+    run_dir = Path(run.run_dir)
+    head = run_dir / "probe_head.safetensors"
+    summary = run_dir / "baseline.json"
+    if not head.is_file() or not summary.is_file():
+        raise NotFound(f"Run {run.id} has no saved probe (only classification runs with a validation split fit one).")
+    spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")
+    name = name or f"{run.name}-probe"
+    if lib.catalogue.find_adapter(name) is not None:
+        raise AlreadyExists(f"An adapter named {name!r} is already in the catalogue; choose another --name.")
+    job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+    base = lib.catalogue.get_base(spec.base)
+    probe_summary = json.loads(summary.read_text(encoding="utf-8"))
+    probe_spec = spec.replace(strategy="head", name=name, head_init="probe")
+    out = run_dir / ".probe-adapter"
+    ctx.progress(0, 2, "building the head adapter")
+    export_probe_head(probe_spec, base.path, job.get("labels"), head, out)
+    scores = (probe_summary.get("candidates") or {}).get("head-input") or {}
+    lineage = build_lineage(run.id, probe_spec, job, {
+        "metric": spec.metric, "final": {spec.metric: scores.get("val")},
+        "test": {spec.metric: scores["test"]} if scores.get("test") is not None else {}})
+    lineage["probe"] = probe_summary
+    ctx.progress(1, 2, "importing into the catalogue")
+    try:
+        return lib.import_adapter(out, name, base=spec.base, source="train", run_id=run.id, lineage=lineage,
+                                  tags=[f"task:{spec.task}", "strategy:probe"], ctx=ctx)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 # -- evaluation -----------------------------------------------------------------------

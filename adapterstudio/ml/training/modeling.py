@@ -175,22 +175,29 @@ def _count(model: Any, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def param_groups(model: Any, spec: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases/norms; pretrained layers slower for ``partial``."""
+    """AdamW groups: no decay on biases/norms; pretrained layers slower for ``partial``; the new head at
+    ``head_lr`` for adapters (LoRA and friends) when set."""
     heads = info.get("head_modules", [])
-    groups: dict[tuple[bool, bool], list[Any]] = {}
+    groups: dict[tuple[bool, str], list[Any]] = {}
+    head_lr = getattr(spec, "head_lr", None)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
-        slow = False
+        in_head = any(h in name.split(".") for h in heads)
         if spec.strategy == "partial":
-            parts = name.split(".")
-            slow = not any(h in parts for h in heads)
-        groups.setdefault((no_decay, slow), []).append(p)
+            kind = "head" if in_head else "slow"
+        elif spec.strategy in ("head", "full"):
+            kind = "main"
+        else:
+            kind = "head" if in_head and head_lr else "main"
+        groups.setdefault((no_decay, kind), []).append(p)
     out = []
-    for (no_decay, slow), params in groups.items():
-        out.append({"params": params, "weight_decay": 0.0 if no_decay else spec.weight_decay,
-                    "lr": spec.lr * (spec.backbone_lr_ratio if slow else 1.0)})
+    for (no_decay, kind), params in groups.items():
+        lr = {"slow": spec.lr * spec.backbone_lr_ratio, "head": head_lr or spec.lr, "main": spec.lr}[kind]
+        if spec.strategy == "partial" and kind == "head":
+            lr = spec.lr  # partial: lr is the head's rate, the backbone's is a ratio of it
+        out.append({"params": params, "weight_decay": 0.0 if no_decay else spec.weight_decay, "lr": lr})
     return out
 
 
@@ -440,7 +447,7 @@ def training_passes(examples: list[dict[str, Any]], micro_batches: list[list[int
 
 def accumulate_gradients(model: Any, passes: list[dict[str, Any]], items: list[int], *, total_items: float | None = None,
                          world: int = 1, backward: Any = None, no_sync: Any = None, autocast: Any = None,
-                         to_device: Any = None):
+                         to_device: Any = None, loss_fn: Any = None):
     """Forward and backward every pass of one step; returns this process's share of the step's loss.
 
     Each pass's mean loss is weighted by its share of the step's loss terms (examples, or
@@ -459,7 +466,8 @@ def accumulate_gradients(model: Any, passes: list[dict[str, Any]], items: list[i
         with sync, (autocast() if autocast is not None else contextlib.nullcontext()):
             out = model(**batch)
             if n_items:
-                loss = out.loss * (n_items * world / max(total, 1.0))
+                mean = loss_fn(out, batch) if loss_fn is not None else out.loss
+                loss = mean * (n_items * world / max(total, 1.0))
             else:  # nothing to learn in this pass (all labels masked): a zero that keeps DDP in step
                 loss = out.logits.float().sum() * 0.0
         (backward or torch.Tensor.backward)(loss)
@@ -520,7 +528,7 @@ def evaluate_model(model: Any, loader: Any, task: str, n_labels: int, accelerato
     tot_loss, tot_w = 0.0, 0
     preds: list[int] = []
     golds: list[int] = []
-    sq = 0.0
+    sq = gsum = gsq = 0.0
     with torch.no_grad():
         for batch in loader:
             out = model(**batch)
@@ -536,6 +544,8 @@ def evaluate_model(model: Any, loader: Any, task: str, n_labels: int, accelerato
             elif task == "regression":
                 p, g = out.logits.squeeze(-1), labels
                 sq += float(((p.float() - g.float()) ** 2).sum())
+                gsum += float(g.float().sum())
+                gsq += float((g.float() ** 2).sum())
             if accelerator is not None and accelerator.num_processes > 1:
                 stats = accelerator.reduce(stats, reduction="sum")
                 if task in ("seq-cls", "image-cls", "token-cls"):
@@ -557,8 +567,9 @@ def evaluate_model(model: Any, loader: Any, task: str, n_labels: int, accelerato
         res["perplexity"] = math.exp(min(loss, 50.0))
         res["n"] = tot_w
     elif task == "regression":
-        res["mse"] = sq / max(tot_w, 1)
-        res["n"] = tot_w
+        mse = sq / max(tot_w, 1)
+        var = (gsq / max(tot_w, 1)) - (gsum / max(tot_w, 1)) ** 2
+        res.update(mse=mse, rmse=math.sqrt(mse), r2=1.0 - mse / var if var > 0 else 0.0, n=tot_w)
     else:
         res.update(classification_metrics(preds, golds, n_labels))
     return res

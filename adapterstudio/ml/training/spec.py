@@ -22,6 +22,10 @@ STRATEGIES = ("head", "partial", "lora", "dora", "ia3", "loha", "lokr", "full")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 QUANTIZE = ("none", "4bit", "8bit")
+RECIPES = ("auto", "fixed")
+CLASS_WEIGHTS = ("none", "balanced")
+HEAD_INITS = ("random", "probe")
+CLASSIFICATION_TASKS = ("seq-cls", "token-cls", "image-cls")
 
 
 @dataclass
@@ -46,10 +50,15 @@ class TrainingSpec:
     test: str | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.0
+    # the recipe: "auto" decides epochs (a step budget), evaluation, early stopping, metric, learning rates,
+    # class weights and head initialisation from the data and the base before training (see recipe.py) and
+    # writes them here; "fixed" uses the same defaults for every data set. A setting given by the user wins.
+    recipe: str = "auto"
     # optimisation
-    epochs: float = 3.0
+    epochs: float | None = None  # None: the recipe's step budget (fixed: 3)
     max_steps: int = 0
     lr: float | None = None
+    head_lr: float | None = None  # the new head's learning rate (None: lr; the auto recipe sets a higher one)
     backbone_lr_ratio: float = 0.1  # partial: pretrained layers learn this much slower than the new head
     unfreeze_layers: int = 2  # partial: how many of the last layers to train
     batch_size: int | None = None
@@ -70,11 +79,18 @@ class TrainingSpec:
     use_dora: bool = False
     quantize: str = "none"
     # loop
-    eval_every: int = 0  # optimizer steps between evaluations; 0: once per epoch
+    eval_every: int | None = None  # optimizer steps between evaluations; 0: once per epoch (None: by the recipe)
     save_every: int = 0  # optimizer steps between checkpoints; 0: at evaluations and the end
     log_every: int = 1
-    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: never
-    metric: str | None = None  # validation metric to select the best checkpoint (accuracy / loss ...)
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping; 0: never
+    metric: str | None = None  # validation metric to select the best checkpoint (accuracy, macro_f1, loss, rmse ...)
+    class_weights: str | None = None  # classification: "balanced" weighs the loss against class skew, or "none"
+    # classification: "probe" starts the new head from the frozen-feature probe (linear probing, then
+    # fine-tuning: Kumar et al., 2022), "random" from a random init
+    head_init: str | None = None
+    # classification: fit the frozen-feature baseline (logistic regression on the frozen base's features) on the
+    # same split and report the fine-tune's gain over it
+    baseline: bool = True
     # batches of similar length (less padding, but a batch's labels follow its length where the two correlate).
     # None: auto: random batches when passes are split by a token budget (the split removes the padding
     # instead), length-grouped batches when a micro-batch runs whole
@@ -140,6 +156,16 @@ class TrainingSpec:
         s = self.replace()
         n = num_parameters or 0
         big = n > 1_000_000_000
+        if s.epochs is None and not s.max_steps:
+            s.epochs = 3.0
+        if s.eval_every is None:
+            s.eval_every = 0
+        if s.early_stopping_patience is None:
+            s.early_stopping_patience = 0
+        if s.class_weights is None:
+            s.class_weights = "none"
+        if s.head_init is None:
+            s.head_init = "random"
         if s.lr is None:
             s.lr = default_lr(s.task, s.strategy, n)
         if s.batch_size is None:
@@ -150,7 +176,7 @@ class TrainingSpec:
             s.lora_alpha = 2 * s.lora_r
         if s.metric is None:
             s.metric = {"seq-cls": "accuracy", "token-cls": "accuracy", "image-cls": "accuracy",
-                        "regression": "loss", "causal-lm": "loss"}[s.task]
+                        "regression": "rmse", "causal-lm": "loss"}[s.task]
         if s.strategy == "dora":
             s.use_dora = True
         return s
@@ -179,8 +205,18 @@ class TrainingSpec:
             bad(f"quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
         if self.quantize != "none" and self.strategy not in ("lora", "dora"):
             bad("quantize (QLoRA) only works with the lora or dora strategy")
-        if not (self.epochs > 0 or self.max_steps > 0):
+        if self.recipe not in RECIPES:
+            bad(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
+        if self.epochs is not None and not (self.epochs > 0 or self.max_steps > 0):
             bad("epochs must be above 0 (or set max_steps)")
+        if self.head_lr is not None and not (0 < self.head_lr < 1):
+            bad(f"head_lr must be between 0 and 1, not {self.head_lr}")
+        if self.class_weights is not None and self.class_weights not in CLASS_WEIGHTS:
+            bad(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, not {self.class_weights!r}")
+        if self.class_weights == "balanced" and self.task not in ("seq-cls", "image-cls"):
+            bad("class_weights only applies to the seq-cls and image-cls tasks")
+        if self.head_init is not None and self.head_init not in HEAD_INITS:
+            bad(f"head_init must be one of {', '.join(HEAD_INITS)}, not {self.head_init!r}")
         if self.max_steps < 0:
             bad("max_steps must be 0 (no limit) or more")
         if self.lr is not None and not (0 < self.lr < 1):
@@ -207,7 +243,7 @@ class TrainingSpec:
             bad("lora_dropout must be in [0, 1)")
         if self.num_processes < 1:
             bad("num_processes must be at least 1")
-        if self.early_stopping_patience < 0 or self.eval_every < 0 or self.save_every < 0 or self.log_every < 1:
+        if (self.early_stopping_patience or 0) < 0 or (self.eval_every or 0) < 0 or self.save_every < 0 or self.log_every < 1:
             bad("early_stopping_patience, eval_every and save_every must not be negative, log_every at least 1")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 0:
             bad("max_batch_tokens must be 0 (no cap) or a number of tokens")
@@ -216,7 +252,9 @@ class TrainingSpec:
         if self.metric is not None and self.metric not in METRICS:
             bad(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
         if self.metric in ("accuracy", "macro_f1") and self.task in ("causal-lm", "regression"):
-            bad(f"metric {self.metric!r} does not apply to {self.task}; use loss")
+            bad(f"metric {self.metric!r} does not apply to {self.task}; use loss" + (", rmse or r2" if self.task == "regression" else ""))
+        if self.metric in ("rmse", "r2") and self.task != "regression":
+            bad(f"metric {self.metric!r} only applies to regression")
         return self
 
 
@@ -239,8 +277,10 @@ def group_by_length(spec: TrainingSpec, device_type: str) -> bool:
     return batch_token_budget(spec, device_type) == 0
 
 
-METRICS = ("accuracy", "macro_f1", "loss", "perplexity")
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False, "perplexity": False}
+METRICS = ("accuracy", "macro_f1", "loss", "perplexity", "rmse", "r2")
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False, "perplexity": False, "rmse": False, "r2": True}
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss", "perplexity": "perplexity",
+                 "rmse": "RMSE", "r2": "R2"}
 
 
 def default_lr(task: str, strategy: str, num_parameters: int) -> float:

@@ -129,15 +129,18 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     base_path = job["base_path"]
     tok = M.load_tokenizer(base_path, spec.task)
     model = M.load_base_model(spec, base_path, data.labels)
-    model, info = M.apply_strategy(model, spec)
-    if spec.task == "causal-lm" and getattr(model, "config", None) is not None and hasattr(model.config, "use_cache"):
-        model.config.use_cache = False
-
     train_ex = M.encode(data.train, tok, spec, data.labels, base_path, model.config)
     val_ex = M.encode(data.validation, tok, spec, data.labels, base_path, model.config) if data.validation else []
     test_ex = M.encode(data.test, tok, spec, data.labels, base_path, model.config) if data.test else []
     pad_id = tok.pad_token_id if tok is not None else 0
     n_labels = len(data.labels or [])
+    ck = latest_checkpoint(run_dir)
+    baseline = _baseline(spec, model, run_dir, (train_ex, val_ex, test_ex), pad_id, n_labels, device,
+                         fresh=ck is None, events=events, save=accelerator.is_main_process)
+    model, info = M.apply_strategy(model, spec)
+    if spec.task == "causal-lm" and getattr(model, "config", None) is not None and hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    loss_fn = _class_weighted_loss(spec, train_ex, n_labels, device)
 
     mb = int(spec.batch_size)
     ga = int(spec.grad_accum)
@@ -181,7 +184,6 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
                                 "bad_evals": 0, "history": [], "elapsed": 0.0, "stopped_early": False,
                                 "batch_size": mb, "grad_accum": ga}
     resumed_from = None
-    ck = latest_checkpoint(run_dir)
     if ck is not None:
         accelerator.load_state(str(ck), strict=False)
         prev = json.loads((ck / "progress.json").read_text(encoding="utf-8"))
@@ -283,7 +285,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
                 total_items = float(accelerator.reduce(torch.tensor([total_items], device=device), reduction="sum")[0])
             step_loss = M.accumulate_gradients(model, passes, items, total_items=total_items, world=world,
                                                backward=accelerator.backward, no_sync=accelerator.no_sync,
-                                               autocast=accelerator.autocast, to_device=to_dev)
+                                               autocast=accelerator.autocast, to_device=to_dev, loss_fn=loss_fn)
             n_samp = sum(len(mine[gi]) for gi in grp)
             n_tok = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["labels"].shape[0])
                         for b in passes)
@@ -322,9 +324,12 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
                          "train_loss": last_loss, **{f"eval_{k}": v for k, v in metrics.items()}}
                 progress["history"].append(entry)
                 value = metrics.get(spec.metric, metrics["loss"])
-                improved = progress["best"] is None or (value > progress["best"] if higher else value < progress["best"])
+                # a tie on the metric (common with small validation splits) goes to the lower validation loss
+                improved = progress["best"] is None or (value > progress["best"] if higher else value < progress["best"]) \
+                    or (value == progress["best"] and metrics["loss"] < progress.get("best_loss", math.inf))
                 if improved:
                     progress["best"], progress["best_step"], progress["bad_evals"] = value, step, 0
+                    progress["best_loss"] = metrics["loss"]
                     save_adapter(run_dir / "best")
                 else:
                     progress["bad_evals"] += 1
@@ -373,6 +378,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
         "final": final_val, "test": test, "trainable_params": info["trainable_params"], "total_params": info["total_params"],
         "duration_s": duration, "peak_memory": peak_memory(device), "train_examples": len(train_ex),
         "batch_size": mb, "grad_accum": ga, "wall_s": time.time() - t_start,
+        **baseline_comparison(spec, baseline, final_val, test),
     }
     if accelerator.is_main_process:
         tmp = run_dir / "result.json.tmp"
@@ -381,6 +387,128 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     events("done", **result)
     accelerator.end_training()
     return 0
+
+
+def _baseline(spec: Any, model: Any, run_dir: Path, splits: tuple[list, list, list], pad_id: int, n_labels: int,
+              device: Any, *, fresh: bool, events: Events, save: bool) -> dict[str, Any] | None:
+    """Fit the frozen-feature baseline (classification); start the head from it when ``head_init`` says so.
+
+    Runs before the strategy wraps the model, so the features are the frozen base's. On a resume from a
+    checkpoint the head's weights come from the checkpoint, so only the saved summary is read back."""
+    from adapterstudio.core.fsutil import atomic_write_text
+    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training import probe as P
+
+    if spec.task not in ("seq-cls", "token-cls", "image-cls") or not (spec.baseline or spec.head_init == "probe"):
+        return None
+    summary_path = run_dir / "baseline.json"
+    if not fresh and summary_path.exists():
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+    train_ex, val_ex, test_ex = splits
+    if not val_ex:
+        return None  # the probe is chosen on the validation split
+    t0 = time.time()
+    model.to(device)
+    layer = P.output_layer(model, M.head_modules(model, spec.task), n_labels)
+
+    def feats(examples: list) -> dict[str, Any]:
+        lens = [M.example_tokens(e) for e in examples]
+        idx = M.eval_batches(lens, 4096, 64)
+        batches = ({k: v.to(device) for k, v in M.collate([examples[i] for i in b], pad_id, spec.task).items()} for b in idx)
+        return P.frozen_features(model, batches, spec.task, layer)
+
+    tr, va = feats(train_ex), feats(val_ex)
+    te = feats(test_ex) if test_ex else None
+    fits = {k: P.fit(k, tr, va, te, spec.metric, n_labels, M.classification_metrics) for k in ("pooled", "head-input")}
+    best = P.better(fits["pooled"], fits["head-input"])
+    if best is None:
+        return None
+    out = {**best.summary(), "seconds": round(time.time() - t0, 2),
+           "candidates": {k: {"val": f.val.get(spec.metric), "test": f.test.get(spec.metric)} for k, f in fits.items() if f}}
+    head_probe = fits["head-input"]
+    if spec.head_init == "probe" and head_probe is not None and layer is not None:
+        P.init_layer(layer, head_probe)
+        out["head_init"] = {"features": "head-input", "val": head_probe.val.get(spec.metric)}
+    if save:
+        atomic_write_text(summary_path, json.dumps(out, indent=2, default=_jsonable))
+        if head_probe is not None and layer is not None:
+            _save_probe_head(model, spec, head_probe, layer, run_dir / "probe_head.safetensors")
+    events("baseline", **out)
+    return out
+
+
+def _save_probe_head(model: Any, spec: Any, probe: Any, layer: Any, path: Path) -> None:
+    """The head modules with the probe in their output layer: ``runs save-probe`` turns them into a head adapter."""
+    import torch
+    from safetensors.torch import save_file
+
+    from adapterstudio.ml.training import modeling as M
+
+    heads = M.head_modules(model, spec.task)
+    saved_w, saved_b = layer.weight.detach().clone(), None if layer.bias is None else layer.bias.detach().clone()
+    from adapterstudio.ml.training.probe import init_layer
+
+    init_layer(layer, probe)
+    tensors = {f"{h}.{k}": v.detach().to("cpu", torch.float32).contiguous()
+               for h in heads for k, v in getattr(model, h).state_dict().items()}
+    with torch.no_grad():  # put back what head_init chose (the probe itself, or the random init)
+        layer.weight.copy_(saved_w)
+        if saved_b is not None:
+            layer.bias.copy_(saved_b)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def _class_weighted_loss(spec: Any, train_ex: list[dict[str, Any]], n_labels: int, device: Any) -> Any:
+    """``class_weights: balanced``: cross-entropy with each class weighted n / (classes x count)."""
+    if spec.class_weights != "balanced" or spec.task not in ("seq-cls", "image-cls") or n_labels < 2:
+        return None
+    import torch
+    import torch.nn.functional as F
+
+    counts = torch.zeros(n_labels)
+    for e in train_ex:
+        counts[int(e["labels"])] += 1
+    present = counts > 0
+    w = torch.zeros(n_labels)
+    w[present] = counts.sum() / (int(present.sum()) * counts[present])
+    w = w.to(device)
+
+    def loss(out: Any, batch: dict[str, Any]) -> Any:
+        labels = batch["labels"]
+        return F.cross_entropy(out.logits.float(), labels, weight=w, reduction="sum") / labels.shape[0]
+
+    return loss
+
+
+def baseline_comparison(spec: Any, baseline: dict[str, Any] | None, final_val: dict[str, Any],
+                        test: dict[str, Any]) -> dict[str, Any]:
+    """``baseline`` (the probe's summary), ``baseline_metric``, ``gain_over_baseline`` and, where the fine-tune
+    is not better, ``baseline_warning``: on the test split when there is one, else on validation."""
+    if not baseline:
+        return {}
+    from adapterstudio.ml.training.spec import HIGHER_IS_BETTER, METRIC_LABELS
+
+    metric = spec.metric
+    split = "test" if test and baseline.get("test") else "val"
+    ours = (test if split == "test" else final_val).get(metric)
+    theirs = (baseline.get("test") if split == "test" else baseline.get("val") or {}).get(metric)
+    out: dict[str, Any] = {"baseline": baseline, "baseline_metric": theirs, "baseline_split": split}
+    if ours is None or theirs is None:
+        return out
+    gain = float(ours) - float(theirs)
+    if not HIGHER_IS_BETTER.get(metric, True):
+        gain = -gain
+    out["gain_over_baseline"] = gain
+    if gain <= 0:
+        label = METRIC_LABELS.get(metric, metric)
+        out["baseline_warning"] = (
+            f"{spec.strategy} scored {ours:.3f} {label} on the {split} split, "
+            f"{'below' if gain < 0 else 'no better than'} the frozen-feature baseline's {theirs:.3f}: the baseline "
+            "is the better model here (negative transfer); try more data or epochs, another learning rate, "
+            "the head strategy, or save the probe with 'adapterstudio runs save-probe'.")
+    return out
 
 
 def _load_best(model: Any, best_dir: Path, spec: Any) -> None:

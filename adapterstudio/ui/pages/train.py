@@ -87,6 +87,12 @@ def t_resume(ctx, lib, run_id: str):
     return training.resume(lib, run_id, ctx)
 
 
+def t_save_probe(ctx, lib, run_id: str):
+    from adapterstudio.services import training
+
+    return training.save_probe(lib, run_id, None, ctx)
+
+
 def t_cancel(ctx, lib, run_id: str):
     from adapterstudio.services import training
 
@@ -590,6 +596,12 @@ class TrainPage(QWidget):
         self.speed = muted("", wrap=False)
         row.addWidget(self.speed)
         v.addLayout(row)
+        # the run against its frozen-feature baseline (gain, or the negative-transfer warning)
+        self.baseline_label = QLabel("")
+        self.baseline_label.setWordWrap(True)
+        self.baseline_label.setObjectName("Baseline")
+        self.baseline_label.hide()
+        v.addWidget(self.baseline_label)
         buttons = QHBoxLayout()
         self.cancel_btn = QPushButton(icon("stop"), "Cancel")
         self.cancel_btn.clicked.connect(self.cancel_selected)
@@ -597,9 +609,12 @@ class TrainPage(QWidget):
         self.resume_btn.clicked.connect(self.resume_selected)
         self.open_btn = QPushButton(icon("adapter"), "Open adapter")
         self.open_btn.clicked.connect(self.open_selected)
+        self.probe_btn = QPushButton(icon("adapter"), "Save baseline as adapter")
+        self.probe_btn.setToolTip("Save this run's frozen-feature probe (logistic regression) as a head adapter")
+        self.probe_btn.clicked.connect(self.save_probe_selected)
         self.start_btn = QPushButton(icon("play"), "Start queue")
         self.start_btn.clicked.connect(self.start_queue)
-        for b in (self.start_btn, self.cancel_btn, self.resume_btn, self.open_btn):
+        for b in (self.start_btn, self.cancel_btn, self.resume_btn, self.open_btn, self.probe_btn):
             buttons.addWidget(b)
         buttons.addStretch(1)
         v.addLayout(buttons)
@@ -734,7 +749,10 @@ class TrainPage(QWidget):
             self.log_view.clear()
             self.progress.setValue(0)
             self.speed.setText("")
+            self.baseline_label.hide()
+            self._update_buttons()
             return
+        self._show_baseline(r)
         shown = (r.id, self.versions.get(r.id, 0), r.status)
         if shown != self._shown:  # redraw only what changed since the last poll
             self._shown = shown
@@ -762,9 +780,20 @@ class TrainPage(QWidget):
             self.speed.setText(r.status)
         self._update_buttons()
 
+    def _show_baseline(self, r: Any) -> None:
+        from adapterstudio.services import baseline
+
+        text = baseline.lines(r.metrics if isinstance(r.metrics, dict) else {}, r.spec.get("strategy"))
+        warn = bool(text) and text[0].startswith("WARNING")
+        self.baseline_label.setText("\n".join(text))
+        self.baseline_label.setStyleSheet("color: #d0403a; font-weight: 600;" if warn else "")
+        self.baseline_label.setVisible(bool(text))
+
     def _update_buttons(self) -> None:
         r = self.selected_run()
         status = r.status if r is not None else ""
+        self.probe_btn.setEnabled(bool(r is not None and isinstance(r.metrics, dict) and r.metrics.get("baseline")
+                                       and r.spec.get("task", "seq-cls") in ("seq-cls", "token-cls", "image-cls")))
         self.cancel_btn.setEnabled(status in ("running", "queued"))
         self.resume_btn.setEnabled(status in ("failed", "cancelled", "interrupted"))
         self.open_btn.setEnabled(bool(r is not None and r.adapter))
@@ -784,6 +813,12 @@ class TrainPage(QWidget):
         w = self.session.run(t_resume, r.id, pool=ACCEL, label=f"resume {r.name}", changes=True)
         w.signals.finished.connect(self.poll)
         return w
+
+    def save_probe_selected(self):
+        r = self.selected_run()
+        if r is None:
+            return None
+        return self.session.run(t_save_probe, r.id, label=f"save the baseline of {r.name}", changes=True)
 
     def open_selected(self) -> None:
         r = self.selected_run()

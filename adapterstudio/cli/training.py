@@ -34,7 +34,7 @@ SPEC_FLAGS = {
     "quantize": "quantize", "packing": "packing", "accelerate_config": "accelerate_config", "schedule": "schedule",
     "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay", "max_batch_tokens": "max_batch_tokens",
     "recipe": "recipe", "metric": "metric", "head_lr": "head_lr", "class_weights": "class_weights",
-    "head_init": "head_init", "baseline": "baseline",
+    "head_init": "head_init", "baseline": "baseline", "allow": "allow",
 }
 
 
@@ -97,6 +97,11 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     p.add_argument("--save-every", type=int, default=S, metavar="STEPS", help="checkpoint every N optimizer steps")
     p.add_argument("--quantize", choices=["none", "4bit", "8bit"], default=S, help="QLoRA base (CUDA + bitsandbytes only)")
     p.add_argument("--packing", action="store_true", default=S, help="causal-lm: pack texts into full rows")
+    from adapterstudio.ml.training.data import ALLOW_CHECKS
+
+    p.add_argument("--allow", action="append", default=S, metavar="CHECK[,CHECK]",
+                   help="accept data that a check refuses because it is usually a mistake (repeatable): " +
+                        "; ".join(f"{k}: {v}" for k, v in ALLOW_CHECKS.items()))
     p.add_argument("--schedule", choices=["linear", "cosine", "constant", "constant_with_warmup"], default=S)
     p.add_argument("--warmup-ratio", type=float, default=S)
     p.add_argument("--weight-decay", type=float, default=S)
@@ -163,6 +168,8 @@ def build_spec(args: argparse.Namespace):
     changes = {field: getattr(args, flag) for flag, field in SPEC_FLAGS.items() if hasattr(args, flag)}
     if "target_modules" in changes:
         changes["target_modules"] = [t.strip() for t in changes["target_modules"].split(",") if t.strip()]
+    if "allow" in changes:
+        changes["allow"] = [a.strip() for v in changes["allow"] for a in v.split(",") if a.strip()]
     return spec.replace(**changes)
 
 

@@ -6,15 +6,32 @@ parent process, and writes them to the run folder as JSON Lines; the training ch
 and any strategy comparison read those files, so every strategy sees the same split.
 Bad input is refused before training starts, naming the row (1-based, as a spreadsheet
 shows it; the header is not counted) and the column.
+
+Text files are read as UTF-8 (a byte-order mark is dropped; UTF-16 with a byte-order mark,
+as Excel's "Unicode Text" writes it, is read too). Data that is probably a mistake is
+refused in one sentence: an unclosed CSV quote, text with no visible character, bytes,
+labels such as 'NaN' that mean a missing value, labels mixing numbers and words, one
+column in two roles, infinite regression targets. Where such data may be deliberate the
+refusal names the ``--allow`` check (``TrainingSpec.allow``, see :data:`ALLOW_CHECKS`)
+that accepts it. Spellings of one number ('1', '1.0', '01') become one class, and NUL
+characters inside text are removed; both with a warning in ``PreparedData.warnings``.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
+import itertools
 import json
+import math
 import random
+import re
+import sys
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +46,21 @@ TOKENS_GUESSES = ("tokens", "words")
 TAGS_GUESSES = ("tags", "ner_tags", "labels", "label")
 IMAGE_GUESSES = ("image", "img", "path", "file")
 
+# Checks that refuse data which may be deliberate, and what naming one in --allow (TrainingSpec.allow) accepts.
+ALLOW_CHECKS = {
+    "missing-labels": "keep labels that usually mean a missing value ('NaN', 'None', 'null', 'N/A' ...) as a class",
+    "mixed-labels": "accept a label column that mixes numbers and words",
+    "same-column": "use one column in two roles (e.g. as both the text and the label)",
+}
+# Spellings of a missing value (those pandas reads as NaN), compared case-insensitively.
+MISSING_LABELS = frozenset({"", "#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "-nan", "1.#ind", "1.#qnan", "<na>",
+                            "n/a", "na", "nan", "none", "null"})
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# A squared error beyond float32's range (3.4e38) is inf: targets this large cannot train at all.
+REGRESSION_MAX = 1e18
+REGRESSION_WARN = 1e4  # the loss is the squared error: targets this large want rescaling
+_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # control, format (zero-width ...), separators
+
 
 @dataclass
 class Table:
@@ -37,6 +69,7 @@ class Table:
     format: str
     path: Path
     sha256: str
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,26 +125,24 @@ def load_table(path: str | Path) -> Table:
         raise InvalidInput(f"The data file {p} does not exist.")
     p = p.resolve()
     suffix = p.suffix.lower()
-    try:
-        if p.is_dir():
-            fmt = "datasets"
-            rows = _load_datasets_folder(p)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            fmt = "csv"
-            rows = _load_csv(p, "\t" if suffix in (".tsv", ".txt") else ",")
-        elif suffix in (".jsonl", ".ndjson"):
-            fmt = "jsonl"
-            rows = _load_jsonl(p)
-        elif suffix == ".json":
-            fmt = "json"
-            rows = _load_json(p)
-        elif suffix in (".parquet", ".pq"):
-            fmt = "parquet"
-            rows = _load_parquet(p)
-        else:
-            raise InvalidInput(f"{p} has an unknown data format {suffix!r}; use CSV, TSV, JSONL, JSON, Parquet or a datasets folder.")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{p} is not UTF-8 text.") from None
+    warnings: list[str] = []
+    if p.is_dir():
+        fmt = "datasets"
+        rows = _load_datasets_folder(p)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        fmt = "csv"
+        rows = _load_csv(p, _read_text(p), "\t" if suffix in (".tsv", ".txt") else ",", warnings)
+    elif suffix in (".jsonl", ".ndjson"):
+        fmt = "jsonl"
+        rows = _load_jsonl(p, _read_text(p))
+    elif suffix == ".json":
+        fmt = "json"
+        rows = _load_json(p, _read_text(p))
+    elif suffix in (".parquet", ".pq"):
+        fmt = "parquet"
+        rows = _load_parquet(p)
+    else:
+        raise InvalidInput(f"{p} has an unknown data format {suffix!r}; use CSV, TSV, JSONL, JSON, Parquet or a datasets folder.")
     if not rows:
         raise InvalidInput(f"The data file {p} has no rows.")
     columns: list[str] = []
@@ -119,43 +150,126 @@ def load_table(path: str | Path) -> Table:
         for k in r:
             if k not in columns:
                 columns.append(k)
-    return Table(rows=rows, columns=columns, format=fmt, path=p, sha256=hash_path(p))
+    return Table(rows=rows, columns=columns, format=fmt, path=p, sha256=hash_path(p), warnings=warnings)
 
 
-def _load_csv(p: Path, sep: str) -> list[dict[str, Any]]:
+def _read_text(p: Path) -> str:
+    """The file as text: UTF-8 without its byte-order mark, or UTF-16 where a byte-order mark says so."""
+    raw = p.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text"
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{p} starts with a UTF-16 byte-order mark but is not UTF-16 text; "
+                               "re-save it as UTF-8.") from None
+    head = raw[:4096]
+    if head and head.count(0) * 4 >= len(head):  # ASCII in UTF-16/32: every other byte is NUL
+        raise InvalidInput(f"{p} holds NUL bytes between its letters, as UTF-16 text without a byte-order mark does; "
+                           "re-save it as UTF-8.")
+    skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = raw[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = skip + exc.start
+        line = raw.count(b"\n", 0, at) + 1
+        excel = " (in Excel: Save As, CSV UTF-8)" if p.suffix.lower() in (".csv", ".tsv", ".txt") else ""
+        raise InvalidInput(f"{p} is not UTF-8 text: byte 0x{raw[at]:02X} at offset {at} (line {line}) is not valid UTF-8; "
+                           f"re-save it as UTF-8{excel}.") from None
+    return text
+
+
+# Fed to the CSV reader after the file's last line: it comes back as a row of its own unless a quote
+# left open swallows it, which is how a quoted field that runs to the end of the file is told apart.
+_END_MARK = "\u2063adapterstudio end of file\u2063"
+
+
+def _load_csv(p: Path, text: str, sep: str, warnings: list[str]) -> list[dict[str, Any]]:
     import csv
 
-    with p.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=sep)
-        if not reader.fieldnames:
-            raise InvalidInput(f"{p} has no header row.")
-        rows = []
-        for i, r in enumerate(reader, start=1):
-            if None in r:
-                raise InvalidInput(f"{p}: row {i} has more fields than the header ({len(reader.fieldnames)}).")
-            rows.append(dict(r))
-        return rows
-
-
-def _load_jsonl(p: Path) -> list[dict[str, Any]]:
-    rows = []
-    with p.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    # The default limit (131,072 characters) refuses long texts, which the tokenizer truncates anyway;
+    # sys.maxsize overflows a C long on Windows, 2**31 - 1 fits everywhere.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.reader(itertools.chain(io.StringIO(text, newline=""), [_END_MARK + "\n"]), delimiter=sep)
+    records: list[tuple[int, list[str]]] = []  # (first line, fields); blank lines dropped
+    try:
+        while True:
+            first = reader.line_num + 1
             try:
-                r = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"{p}: line {i} is not valid JSON ({exc.msg}).") from None
-            if not isinstance(r, dict):
-                raise InvalidInput(f"{p}: line {i} is not a JSON object.")
-            rows.append(r)
+                rec = next(reader)
+            except StopIteration:
+                break
+            if rec:
+                records.append((first, rec))
+    except csv.Error as exc:
+        raise InvalidInput(f"{p}: line {reader.line_num} cannot be read as CSV ({exc}).") from None
+    last_line, last = records[-1]
+    if last != [_END_MARK]:  # the open field is the last one of the last record
+        header, n = records[0][1], len(records) - 1
+        if not n:
+            where = "the header row (line 1)"
+        elif len(last) <= len(header):
+            where = f"row {n} (line {last_line}, column {header[len(last) - 1]!r})"
+        else:
+            where = f"row {n} (line {last_line})"
+        raise InvalidInput(f"{p}: {where}: a quoted field runs to the end of the file (an unclosed quote); "
+                           "close the quote or remove it.")
+    records.pop()
+    if not records:
+        raise InvalidInput(f"{p} has no header row.")
+    header = records[0][1]
+    dup = next((c for c, k in Counter(header).items() if k > 1 and c.strip()), None)
+    if dup is not None:
+        raise InvalidInput(f"{p}: the header names column {dup!r} twice; rename one of them.")
+    rows = []
+    merged: list[str] = []
+    for i, (first, rec) in enumerate(records[1:], start=1):
+        if len(rec) > len(header):
+            raise InvalidInput(f"{p}: row {i} has more fields than the header ({len(header)}).")
+        if len(header) > 1:
+            for c, v in zip(header, rec, strict=False):  # a short row: its missing fields are None
+                if "\n" in v or "\r" in v:
+                    note = _merged_rows(v, sep, len(header))
+                    if note:
+                        merged.append(f"row {i}, column {c!r} {note} (check the quotes from line {first})")
+        rows.append({c: (rec[j] if j < len(rec) else None) for j, c in enumerate(header)})
+    if merged:
+        more = f"; {len(merged) - 1} more such field(s)" if len(merged) > 1 else ""
+        warnings.append(f"{p}: {merged[0]}: a stray quote may have merged rows{more}")
     return rows
 
 
-def _load_json(p: Path) -> list[dict[str, Any]]:
+def _merged_rows(value: str, sep: str, width: int) -> str | None:
+    """Whether a multi-line field looks like rows a stray quote swallowed: most of its lines split into
+    as many fields as the header has."""
+    import csv
+
+    lines = re.split(r"\r\n|\r|\n", value)
+    if len(lines) < 3:
+        return None
+    rowlike = sum(1 for line in lines if len(next(csv.reader([line], delimiter=sep), [])) == width)
+    if rowlike >= 2 and 2 * rowlike >= len(lines):
+        return f"spans {len(lines)} lines, {rowlike} of which look like rows of their own"
+    return None
+
+
+def _load_jsonl(p: Path, text: str) -> list[dict[str, Any]]:
+    rows = []
+    for i, line in enumerate(text.split("\n"), start=1):  # JSON Lines end at "\n" only (see core.jsonl)
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{p}: line {i} is not valid JSON ({exc.msg}).") from None
+        if not isinstance(r, dict):
+            raise InvalidInput(f"{p}: line {i} is not a JSON object.")
+        rows.append(r)
+    return rows
+
+
+def _load_json(p: Path, text: str) -> list[dict[str, Any]]:
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -208,35 +322,57 @@ def _load_datasets_folder(p: Path) -> list[dict[str, Any]]:
 
 
 # -- column mapping and row checks -----------------------------------------------------
-def _pick(columns: list[str], given: str | None, guesses: tuple[str, ...], what: str, path: Path, flag: str,
-          required: bool = True, exclude: tuple[str | None, ...] = ()) -> str | None:
+def _norm(name: str) -> str:
+    """A column name as matched when no column has the exact name: no byte-order mark, spaces or case."""
+    return name.replace("\ufeff", "").strip().casefold()
+
+
+def _pick_column(columns: list[str], given: str | None, guesses: tuple[str, ...], what: str, path: Path, flag: str,
+                 required: bool = True, exclude: tuple[str | None, ...] = (), notes: list[str] | None = None) -> str | None:
     if given:
-        if given not in columns:
-            raise InvalidInput(f"{path} has no column {given!r} (columns: {', '.join(columns)}).")
-        return given
-    lower = {c.lower(): c for c in columns if c not in exclude}
+        if given in columns:
+            return given
+        near = [c for c in columns if _norm(c) == _norm(given)]
+        if len(near) == 1:
+            if notes is not None:
+                notes.append(f"{path}: column {near[0]!r} is used for {flag} {given} (the names differ only in spaces or case)")
+            return near[0]
+        raise InvalidInput(f"{path} has no column {given!r} (columns: {', '.join(map(repr, columns))}).")
+    lower = {_norm(c): c for c in columns if c not in exclude}
     for g in guesses:
         if g in lower:
             return lower[g]
     if required:
-        raise InvalidInput(f"{path} has no obvious {what} column (columns: {', '.join(columns)}); name it with {flag}.")
+        raise InvalidInput(f"{path} has no obvious {what} column (columns: {', '.join(map(repr, columns))}); name it with {flag}.")
     return None
 
 
-def _text(v: Any, path: Path, row: int, col: str) -> str:
+def _text_value(v: Any, path: Path, row: int, col: str, nul_rows: dict[str, list[int]] | None = None) -> str:
     if v is None or (isinstance(v, float) and v != v):
         raise InvalidInput(f"{path}: row {row}, column {col!r} is empty.")
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        raise InvalidInput(f"{path}: row {row}, column {col!r} holds bytes, not text; store the column as strings.")
     if isinstance(v, (dict, list)):
         raise InvalidInput(f"{path}: row {row}, column {col!r} is not text.")
     s = str(v)
+    if "\x00" in s:  # no tokenizer gives NUL a meaning, and C tools cut text at it: dropped, with a warning
+        s = s.replace("\x00", "")
+        if not s.strip():
+            raise InvalidInput(f"{path}: row {row}, column {col!r} holds only NUL characters.")
+        if nul_rows is not None:
+            nul_rows.setdefault(col, []).append(row)
     if not s.strip():
         raise InvalidInput(f"{path}: row {row}, column {col!r} is empty.")
+    if all(unicodedata.category(ch) in _INVISIBLE for ch in s):
+        raise InvalidInput(f"{path}: row {row}, column {col!r} holds only control or invisible characters, no text.")
     return s
 
 
 def _label(v: Any, path: Path, row: int, col: str) -> str:
     if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()):
         raise InvalidInput(f"{path}: row {row}, column {col!r} has no label.")
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        raise InvalidInput(f"{path}: row {row}, column {col!r} holds bytes, not text; store the column as strings.")
     if isinstance(v, (dict, list)):
         raise InvalidInput(f"{path}: row {row}, column {col!r} is not a single label.")
     if isinstance(v, float) and v.is_integer():
@@ -244,10 +380,43 @@ def _label(v: Any, path: Path, row: int, col: str) -> str:
     return str(v).strip()
 
 
-def normalise(table: Table, task: str, spec_columns: dict[str, str | None]) -> tuple[list[dict[str, Any]], dict[str, str | None]]:
-    """Rows as the trainer wants them: {"text", ("text_pair"), "label"} / {"messages"} / ... ."""
+def _target(v: Any, path: Path, row: int, col: str) -> float:
+    """A regression target: a finite number whose squared error fits a float32."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        raise InvalidInput(f"{path}: row {row}, column {col!r} holds bytes, not a number.")
+    try:
+        fv = float(v)  # type: ignore[arg-type]
+        if fv != fv or isinstance(v, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{path}: row {row}, column {col!r} is {v!r}, not a number.") from None
+    if not math.isfinite(fv):
+        raise InvalidInput(f"{path}: row {row}, column {col!r} is {v!r}, not a finite number; "
+                           "a regression target must be finite.")
+    if abs(fv) > REGRESSION_MAX:
+        raise InvalidInput(f"{path}: row {row}, column {col!r} is {v!r}, too large to train on "
+                           f"(its squared error overflows 32-bit floats beyond {REGRESSION_MAX:g}); rescale the targets.")
+    return fv
+
+
+def normalise(table: Table, task: str, spec_columns: dict[str, str | None],
+              warnings: list[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, str | None]]:
+    """Rows as the trainer wants them: {"text", ("text_pair"), "label"} / {"messages"} / ... .
+
+    One output row per table row, in order. What was read or mapped with a remark (a column matched
+    despite spaces in its name, NUL characters removed) is added to *warnings*.
+    """
     p, cols = table.path, table.columns
     g = spec_columns
+    notes: list[str] = list(table.warnings)
+    nul_rows: dict[str, list[int]] = {}
+
+    def _pick(*a: Any, **k: Any) -> str | None:
+        return _pick_column(*a, notes=notes, **k)
+
+    def _text(v: Any, path: Path, row: int, col: str) -> str:
+        return _text_value(v, path, row, col, nul_rows)
+
     out: list[dict[str, Any]] = []
     used: dict[str, str | None] = {}
     if task in ("seq-cls", "regression"):
@@ -260,14 +429,7 @@ def normalise(table: Table, task: str, spec_columns: dict[str, str | None]) -> t
             if pc:
                 ex["text_pair"] = _text(r.get(pc), p, i, pc)
             if task == "regression":
-                v = r.get(lc)
-                try:
-                    fv = float(v)  # type: ignore[arg-type]
-                    if fv != fv or isinstance(v, bool):
-                        raise ValueError
-                except (TypeError, ValueError):
-                    raise InvalidInput(f"{p}: row {i}, column {lc!r} is {v!r}, not a number.") from None
-                ex["label"] = fv
+                ex["label"] = _target(r.get(lc), p, i, lc)
             else:
                 ex["label"] = _label(r.get(lc), p, i, lc)
             out.append(ex)
@@ -332,6 +494,11 @@ def normalise(table: Table, task: str, spec_columns: dict[str, str | None]) -> t
             out.append({"image": img, "label": _label(r.get(lc), p, i, lc)})
     else:  # pragma: no cover - validated earlier
         raise InvalidInput(f"Unknown task {task!r}.")
+    for col, where in nul_rows.items():
+        notes.append(f"{p}: column {col!r} held NUL characters in {len(where)} row{'s' if len(where) > 1 else ''} "
+                     f"(first: row {where[0]}); they were removed")
+    if warnings is not None:
+        warnings.extend(notes)
     return out, used
 
 
@@ -368,9 +535,12 @@ def prepare(spec: Any) -> PreparedData:
     """Load, check, map and split the spec's data (and validation/test files)."""
     cols = {k: getattr(spec, k) for k in ("text_column", "text_pair_column", "label_column", "prompt_column",
                                           "response_column", "messages_column", "image_column")}
-    table = load_table(spec.data)
-    rows, used = normalise(table, spec.task, cols)
+    allow = set(getattr(spec, "allow", None) or ())
     warnings: list[str] = []
+    table = load_table(spec.data)
+    rows, used = normalise(table, spec.task, cols, warnings)
+    _check_roles(table.path, used, allow)
+    files = [(table.path, rows)]
     strat_key = "label" if spec.task in ("seq-cls", "image-cls") else None
     dataset: dict[str, Any] = {"path": str(table.path), "name": table.path.stem, "sha256": table.sha256,
                                "rows": len(rows), "format": table.format}
@@ -379,16 +549,22 @@ def prepare(spec: Any) -> PreparedData:
     fracs = []
     if spec.validation:
         vt = load_table(spec.validation)
-        val_rows, _ = normalise(vt, spec.task, {**cols, **used})
+        val_rows, _ = normalise(vt, spec.task, {**cols, **used}, warnings)
+        files.append((vt.path, val_rows))
         dataset["validation"] = {"path": str(vt.path), "sha256": vt.sha256, "rows": len(val_rows)}
     else:
         fracs.append(spec.val_fraction)
     if spec.test:
         tt = load_table(spec.test)
-        test_rows, _ = normalise(tt, spec.task, {**cols, **used})
+        test_rows, _ = normalise(tt, spec.task, {**cols, **used}, warnings)
+        files.append((tt.path, test_rows))
         dataset["test"] = {"path": str(tt.path), "sha256": tt.sha256, "rows": len(test_rows)}
     elif spec.test_fraction > 0:
         fracs.append(spec.test_fraction)
+    if spec.task in ("seq-cls", "image-cls"):
+        warnings += _check_labels(files, used["label_column"] or "label", allow)
+    elif spec.task == "regression":
+        warnings += _check_targets(files, used["label_column"] or "label")
     parts = stratified_split(rows, fracs, spec.seed, strat_key)
     train = parts[0]
     i = 1
@@ -416,6 +592,80 @@ def prepare(spec: Any) -> PreparedData:
         labels = _sorted_labels(Counter(t for r in rows + val_rows + test_rows for t in r["tags"]))
     return PreparedData(task=spec.task, train=train, validation=val_rows, test=test_rows, labels=labels,
                         columns=used, dataset=dataset, warnings=warnings)
+
+
+def _check_roles(path: Path, used: dict[str, str | None], allow: set[str]) -> None:
+    """One column in two roles (text and label ...) shows the model its answer: refused unless allowed."""
+    if "same-column" in allow:
+        return
+    seen: dict[str, str] = {}
+    for role, col in used.items():
+        if not col:
+            continue
+        if col in seen:
+            flags = " and ".join("--" + r.replace("_", "-") for r in (seen[col], role))
+            raise InvalidInput(f"{path}: column {col!r} is used both for {flags}; name another column for one of them, "
+                               "or pass --allow same-column if that is meant.")
+        seen[col] = role
+
+
+def _check_labels(files: list[tuple[Path, list[dict[str, Any]]]], col: str, allow: set[str]) -> list[str]:
+    """Refuse missing-value labels and labels mixing numbers and words (unless allowed); make spellings
+    of one number ('1', '1.0', '01') one class, in place, across the training, validation and test rows."""
+    def rows_(n: int) -> str:
+        return f"{n} row{'s' if n != 1 else ''}"
+
+    if "missing-labels" not in allow:
+        for path, rows in files:
+            hits = [(i, r["label"]) for i, r in enumerate(rows, start=1) if r["label"].casefold() in MISSING_LABELS]
+            if hits:
+                kinds = ", ".join(map(repr, list(dict.fromkeys(lbl for _, lbl in hits))[:5]))
+                n = len(hits)
+                raise InvalidInput(f"{path}: column {col!r} has {n} label{'s' if n > 1 else ''} that usually "
+                                   f"mean{'' if n > 1 else 's'} a missing value ({kinds}), first in row {hits[0][0]}; "
+                                   "fix or drop those rows, or pass --allow missing-labels to keep them as a class.")
+    count: Counter = Counter()
+    first: dict[str, tuple[int, int]] = {}  # label -> (file index, row)
+    for f, (_, rows) in enumerate(files):
+        for i, r in enumerate(rows, start=1):
+            count[r["label"]] += 1
+            first.setdefault(r["label"], (f, i))
+    nums = [lbl for lbl in count if _NUMBER.fullmatch(lbl)]
+    words = [lbl for lbl in count if not _NUMBER.fullmatch(lbl) and lbl.casefold() not in MISSING_LABELS]
+    if nums and words and "mixed-labels" not in allow:
+        kinds = [("numbers", nums), ("words", words)]
+        (major, big), (minor, small) = sorted(kinds, key=lambda k: -sum(count[lbl] for lbl in k[1]))
+        odd = min(small, key=lambda lbl: first[lbl])
+        f, row = first[odd]
+        raise InvalidInput(f"{files[f][0]}: column {col!r} mixes {major} ({rows_(sum(count[lbl] for lbl in big))}, "
+                           f"e.g. {big[0]!r}) and {minor} ({rows_(sum(count[lbl] for lbl in small))}, e.g. {odd!r}, "
+                           f"first in row {row}); fix the odd ones, or pass --allow mixed-labels if both are meant as classes.")
+    groups: dict[Decimal, list[str]] = {}
+    for lbl in nums:
+        groups.setdefault(Decimal(lbl), []).append(lbl)
+    rename: dict[str, str] = {}
+    notes = []
+    for spellings in groups.values():
+        if len(spellings) > 1:
+            canon = min(spellings, key=lambda sp: (len(sp), sp))  # the plainest: '1' of '1', '1.0', '01'
+            rename.update({sp: canon for sp in spellings})
+            notes.append(f"column {col!r}: labels {', '.join(map(repr, sorted(spellings)))} are the same number "
+                         f"and were merged into one class {canon!r}")
+    for _, rows in files:
+        for r in rows:
+            r["label"] = rename.get(r["label"], r["label"])
+    if len(notes) > 5:
+        notes = notes[:5] + [f"column {col!r}: {len(notes) - 5} more numbers had several spellings, merged the same way"]
+    return notes
+
+
+def _check_targets(files: list[tuple[Path, list[dict[str, Any]]]], col: str) -> list[str]:
+    """Regression targets (finite, checked row by row) so large that the squared-error loss wants them rescaled."""
+    top = max((abs(r["label"]) for _, rows in files for r in rows), default=0.0)
+    if top >= REGRESSION_WARN:
+        return [f"column {col!r}: regression targets reach {top:g} in size; the loss is their squared error, "
+                "so rescale them (e.g. to thousands) for a stable run"]
+    return []
 
 
 def _sorted_labels(counts: Counter) -> list[str]:

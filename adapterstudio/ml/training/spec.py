@@ -99,6 +99,7 @@ class TrainingSpec:
     # chunks whose gradients add up to the same step. None: auto (CPU 2048, GPU no cap); 0: no cap
     max_batch_tokens: int | None = None
     packing: bool = False  # causal LM: pack several texts into each row (no padding at all)
+    allow: list[str] | None = None  # data checks to skip for deliberate data (see data.ALLOW_CHECKS)
     # hardware
     num_processes: int = 1
     cpu: bool = False
@@ -249,6 +250,12 @@ class TrainingSpec:
             bad("max_batch_tokens must be 0 (no cap) or a number of tokens")
         if self.packing and self.task != "causal-lm":
             bad("packing only applies to the causal-lm task")
+        if self.allow:
+            from adapterstudio.ml.training.data import ALLOW_CHECKS
+
+            unknown = [a for a in self.allow if a not in ALLOW_CHECKS]
+            if unknown:
+                bad(f"allow takes {', '.join(ALLOW_CHECKS)}, not {', '.join(map(repr, unknown))}")
         if self.metric is not None and self.metric not in METRICS:
             bad(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
         if self.metric in ("accuracy", "macro_f1") and self.task in ("causal-lm", "regression"):

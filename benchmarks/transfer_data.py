@@ -355,7 +355,7 @@ def split_rows(name: str, n_train: int = 500, n_test: int = 2000, seed: int = 0)
 def _write(task: str, path: Path, rows: list[Row]) -> None:
     if task == "seq-cls":
         with atomic_output(path, "w") as fh:
-            w = csv.writer(fh, lineterminator="\n")
+            w = csv.writer(fh)  # the default "\r\n" line end makes the writer quote fields holding a bare "\r"
             w.writerow(["text", "label"])
             w.writerows([r["text"], r["label"]] for r in rows)
     else:

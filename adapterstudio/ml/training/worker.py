@@ -326,7 +326,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
                 value = metrics.get(spec.metric, metrics["loss"])
                 # a tie on the metric (common with small validation splits) goes to the lower validation loss
                 improved = progress["best"] is None or (value > progress["best"] if higher else value < progress["best"]) \
-                    or (value == progress["best"] and metrics["loss"] < progress.get("best_loss", math.inf))
+                    or (value == progress["best"] and metrics["loss"] < progress.get("best_loss", math.inf) - 1e-3)
                 if improved:
                     progress["best"], progress["best_step"], progress["bad_evals"] = value, step, 0
                     progress["best_loss"] = metrics["loss"]

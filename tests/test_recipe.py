@@ -1,0 +1,196 @@
+"""The auto recipe (decided from the data, written into the spec) and the frozen-feature baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapterstudio.ml.training import recipe
+from adapterstudio.ml.training.spec import TrainingSpec
+
+
+def _decide(n=500, val=100, labels=None, **kw):
+    spec = TrainingSpec(base="b", data="d.csv", **kw)
+    labels = labels if labels is not None else ["neg"] * int(n * 0.7) + ["pos"] * (n - int(n * 0.7))
+    return recipe.decide(spec, train_size=n, val_size=val, train_labels=labels, num_parameters=22_000_000)
+
+
+def test_small_skewed_data_gets_a_step_budget_macro_f1_and_class_weights():
+    s, notes = _decide(400, 100)
+    assert s.metric == "macro_f1" and s.class_weights == "balanced" and s.head_init == "probe"
+    assert s.batch_size == 8 and s.epochs == 6.0  # 50 steps an epoch: 300 steps, twice the fixed recipe's compute
+    assert s.eval_every == 25 and s.early_stopping_patience == 4  # 12 validations, stop after 4 without gain
+    assert s.lr == 1e-3 and s.head_lr and s.head_lr >= s.lr
+    assert any("macro_f1" in n for n in notes) and any("300 optimizer steps" in n for n in notes)
+    # written into the spec: it validates and survives a YAML round trip
+    assert TrainingSpec.from_dict(s.with_defaults(22_000_000).validate().to_dict()).epochs == 6.0
+
+
+def test_balanced_two_classes_select_by_accuracy_without_weights():
+    s, _ = _decide(400, 100, labels=["a", "b"] * 200)
+    assert s.metric == "accuracy" and s.class_weights == "none"
+    s3, _ = _decide(300, 100, labels=["a", "b", "c"] * 100)
+    assert s3.metric == "macro_f1" and s3.class_weights == "none"  # more than two classes, balanced
+
+
+def test_tiny_and_big_data_sets():
+    tiny, _ = _decide(60, 20)
+    assert tiny.epochs == 20.0  # at most MAX_EPOCHS
+    big, _ = _decide(100_000, 5_000)
+    assert big.batch_size == 16 and big.epochs == 1.0  # 6,250 steps an epoch: one epoch, not three
+    mid, _ = _decide(20_000, 2_000)
+    assert mid.epochs == pytest.approx(2.4, abs=0.01)  # about BIG_STEPS steps
+    # validation on a large split costs at most about a quarter of the training compute
+    assert mid.eval_every >= 1 and mid.max_steps == 0
+
+
+def test_user_settings_win_and_fixed_recipe_keeps_the_old_defaults():
+    s, _ = _decide(400, 100, epochs=2, metric="accuracy", eval_every=0, early_stopping_patience=0, lr=5e-4,
+                   class_weights="none", head_init="random", batch_size=32)
+    assert (s.epochs, s.metric, s.eval_every, s.early_stopping_patience, s.lr, s.class_weights, s.head_init,
+            s.batch_size) == (2, "accuracy", 0, 0, 5e-4, "none", "random", 32)
+    fixed, notes = _decide(400, 100, recipe="fixed")
+    assert notes == [] and fixed.epochs is None
+    f = fixed.with_defaults(22_000_000)
+    assert (f.epochs, f.eval_every, f.early_stopping_patience, f.metric, f.lr, f.batch_size, f.class_weights) == \
+        (3.0, 0, 0, "accuracy", 5e-4, 16, "none")
+
+
+def test_regression_and_causal_lm():
+    reg, _ = _decide(400, 100, task="regression", labels=[])
+    assert reg.metric == "rmse" and reg.class_weights == "none" and reg.head_init == "random" and reg.epochs == 6.0
+    lm, _ = _decide(400, 100, task="causal-lm", labels=[])
+    assert lm.metric == "loss" and lm.epochs is None and lm.lr is None  # language models keep the fixed recipe
+
+
+def test_bad_recipe_settings_are_one_sentence():
+    from adapterstudio.core.errors import InvalidInput
+
+    for kw, msg in [({"recipe": "magic"}, "recipe must be one of"), ({"class_weights": "odd"}, "class_weights must be"),
+                    ({"head_lr": 2.0}, "head_lr must be between"), ({"metric": "rmse"}, "only applies to regression"),
+                    ({"task": "token-cls", "class_weights": "balanced"}, "class_weights only applies")]:
+        with pytest.raises(InvalidInput, match=msg):
+            TrainingSpec(base="b", data="d", **kw).validate()
+
+
+# -- the probe ----------------------------------------------------------------------------------------
+def _blobs(n, dim, classes, seed):
+    import numpy as np
+
+    centres = np.random.default_rng(99).normal(0, 3, (classes, dim))  # one distribution, three samples of it
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    X = centres[y] + rng.normal(0, 2.5, (n, dim)) + 10  # offset and scale: the folding must undo the standardising
+    return {"pooled": X, "head-input": X * 7, "y": y}
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_probe_weights_fold_the_standardisation_into_one_linear_layer(classes):
+    import numpy as np
+
+    from adapterstudio.ml.training import probe as P
+    from adapterstudio.ml.training.modeling import classification_metrics
+
+    tr, va, te = _blobs(300, 8, classes, 0), _blobs(100, 8, classes, 1), _blobs(200, 8, classes, 2)
+    p = P.fit("head-input", tr, va, te, "macro_f1", classes, classification_metrics)
+    assert p is not None and p.val["macro_f1"] > 0.6 and p.C in P.C_GRID
+    logits = te["head-input"] @ p.weight.T + p.bias  # what the initialised head computes
+    ours = classification_metrics(logits.argmax(1).tolist(), te["y"].tolist(), classes)
+    assert ours == pytest.approx(p.test)  # same predictions as the fitted logistic regression
+    assert P.better(p, P.fit("pooled", tr, va, te, "macro_f1", classes, classification_metrics)) is not None
+    assert np.isfinite(p.weight).all()
+
+
+def test_baseline_comparison_gain_and_negative_transfer_warning():
+    from adapterstudio.ml.training.worker import baseline_comparison
+
+    spec = TrainingSpec(strategy="lora", metric="macro_f1")
+    b = {"features": "pooled", "metric": "macro_f1", "val": {"macro_f1": 0.8}, "test": {"macro_f1": 0.79}}
+    worse = baseline_comparison(spec, b, {"macro_f1": 0.7}, {"macro_f1": 0.68})
+    assert worse["baseline_metric"] == 0.79 and worse["gain_over_baseline"] == pytest.approx(-0.11)
+    assert "lora scored 0.680 macro-F1" in worse["baseline_warning"] and "below the frozen-feature baseline's 0.790" in \
+        worse["baseline_warning"]
+    better = baseline_comparison(spec, b, {"macro_f1": 0.85}, {"macro_f1": 0.83})
+    assert better["gain_over_baseline"] == pytest.approx(0.04) and "baseline_warning" not in better
+    no_test = baseline_comparison(spec, b, {"macro_f1": 0.85}, {})
+    assert no_test["baseline_split"] == "val" and no_test["gain_over_baseline"] == pytest.approx(0.05)
+    rmse = baseline_comparison(TrainingSpec(metric="rmse"), {"metric": "rmse", "val": {"rmse": 1.0}, "test": {}},
+                               {"rmse": 0.5}, {})
+    assert rmse["gain_over_baseline"] == pytest.approx(0.5)  # lower is better: a positive gain
+
+
+def test_head_learning_rate_and_class_weighted_loss():
+    import torch
+
+    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training.worker import _class_weighted_loss
+
+    spec = TrainingSpec(strategy="lora", lr=1e-3, head_lr=4e-3, class_weights="balanced")
+    model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(4, 4), "classifier": torch.nn.Linear(4, 2)})
+    groups = M.param_groups(model, spec, {"head_modules": ["classifier"]})
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr_of[id(model["classifier"].weight)] == 4e-3 and lr_of[id(model["encoder"].weight)] == 1e-3
+    train = [{"labels": 0}] * 6 + [{"labels": 1}] * 2
+    loss = _class_weighted_loss(spec, train, 2, torch.device("cpu"))
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    w = torch.tensor([8 / 12, 8 / 4])  # n / (classes x count)
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (ce * w[labels]).sum() / 3
+    assert float(loss(type("O", (), {"logits": logits})(), {"labels": labels})) == pytest.approx(float(expected))
+    assert _class_weighted_loss(spec.replace(class_weights="none"), train, 2, torch.device("cpu")) is None
+
+
+# -- end to end on a tiny model -------------------------------------------------------------------------
+@pytest.fixture
+def tiny_lib(lib, tmp_path_factory):
+    from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny-recipe")
+    lib.add_base(tiny_with_tokenizer("bert", d / "bert"), name="tb")
+    rows = sentiment_rows(90)[:70]  # 35/35 ... then skew it: drop most negatives
+    rows = [r for i, r in enumerate(rows) if r["label"] == "pos" or i % 4 == 1]
+    data = d / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lib.test_data = data  # type: ignore[attr-defined]
+    return lib
+
+
+def test_auto_run_records_recipe_baseline_and_saves_the_probe(tiny_lib, cli, home):
+    from adapterstudio.core.context import Context
+    from adapterstudio.services import training as T
+
+    logs: list[str] = []
+    out = T.train(tiny_lib, TrainingSpec(base="tb", data=str(tiny_lib.test_data), cpu=True, name="auto",
+                                         test_fraction=0.2, epochs=2), Context(on_log=logs.append))
+    r = out.result
+    spec = TrainingSpec.from_yaml(Path(out.run.run_dir) / "spec.yaml")
+    assert spec.recipe == "auto" and spec.metric == "macro_f1" and spec.class_weights == "balanced"
+    assert spec.epochs == 2 and spec.eval_every and spec.head_init == "probe"  # the user's epochs kept
+    assert any(m.startswith("recipe: metric macro_f1") for m in logs) and any(m.startswith("baseline:") for m in logs)
+    assert r["metric"] == "macro_f1" and r["baseline"]["kind"] == "probe"
+    assert r["baseline"]["features"] in ("pooled", "head-input") and r["baseline_split"] == "test"
+    assert r["baseline_metric"] == r["baseline"]["test"]["macro_f1"]
+    assert r["gain_over_baseline"] == pytest.approx(r["test"]["macro_f1"] - r["baseline_metric"])
+    lin = tiny_lib.catalogue.get_adapter("auto").lineage
+    assert lin["baseline_metric"] == r["baseline_metric"] and "gain_over_baseline" in lin
+    # runs show --json carries the comparison at the top level
+    shown = cli("runs", "show", out.run.id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    d = json.loads(shown.stdout)
+    assert d["baseline_metric"] == r["baseline_metric"] and d["gain_over_baseline"] == pytest.approx(r["gain_over_baseline"])
+    text = cli("runs", "show", out.run.id).stdout
+    assert "baseline: a logistic regression on the frozen base's" in text
+    # the probe becomes a head adapter in one action, and it scores what the probe scored on the test split
+    saved = cli("runs", "save-probe", out.run.id, "--name", "auto-probe")
+    assert saved.returncode == 0, saved.stderr
+    probe = tiny_lib.catalogue.get_adapter("auto-probe")
+    assert probe.lineage["strategy"] == "head" and probe.lineage["probe"]["kind"] == "probe"
+    test_file = Path(out.run.run_dir) / "data" / "test.jsonl"
+    scored = T.evaluate(tiny_lib, "auto-probe", str(test_file))
+    head_input = r["baseline"]["candidates"]["head-input"]["test"]
+    assert scored["macro_f1"] == pytest.approx(head_input, abs=1e-6)
+    again = cli("runs", "save-probe", out.run.id, "--name", "auto-probe")
+    assert again.returncode == 1 and "already in the catalogue" in again.stderr

@@ -19,7 +19,7 @@ def _decide(n=500, val=100, labels=None, **kw):
 
 def test_small_skewed_data_gets_a_step_budget_macro_f1_and_class_weights():
     s, notes = _decide(400, 100)
-    assert s.metric == "macro_f1" and s.class_weights == "balanced" and s.head_init == "probe"
+    assert s.metric == "macro_f1" and s.class_weights == "balanced" and s.head_init == "random"
     assert s.batch_size == 8 and s.epochs == 6.0  # 50 steps an epoch: 300 steps, twice the fixed recipe's compute
     assert s.eval_every == 25 and s.early_stopping_patience == 4  # 12 validations, stop after 4 without gain
     assert s.lr == 1e-3 and s.head_lr and s.head_lr >= s.lr
@@ -48,9 +48,9 @@ def test_tiny_and_big_data_sets():
 
 def test_user_settings_win_and_fixed_recipe_keeps_the_old_defaults():
     s, _ = _decide(400, 100, epochs=2, metric="accuracy", eval_every=0, early_stopping_patience=0, lr=5e-4,
-                   class_weights="none", head_init="random", batch_size=32)
+                   class_weights="none", head_init="probe", batch_size=32)
     assert (s.epochs, s.metric, s.eval_every, s.early_stopping_patience, s.lr, s.class_weights, s.head_init,
-            s.batch_size) == (2, "accuracy", 0, 0, 5e-4, "none", "random", 32)
+            s.batch_size) == (2, "accuracy", 0, 0, 5e-4, "none", "probe", 32)
     fixed, notes = _decide(400, 100, recipe="fixed")
     assert notes == [] and fixed.epochs is None
     f = fixed.with_defaults(22_000_000)
@@ -164,7 +164,7 @@ def test_auto_run_records_recipe_baseline_and_saves_the_probe(tiny_lib, cli, hom
 
     logs: list[str] = []
     out = T.train(tiny_lib, TrainingSpec(base="tb", data=str(tiny_lib.test_data), cpu=True, name="auto",
-                                         test_fraction=0.2, epochs=2), Context(on_log=logs.append))
+                                         test_fraction=0.2, epochs=2, head_init="probe"), Context(on_log=logs.append))
     r = out.result
     spec = TrainingSpec.from_yaml(Path(out.run.run_dir) / "spec.yaml")
     assert spec.recipe == "auto" and spec.metric == "macro_f1" and spec.class_weights == "balanced"

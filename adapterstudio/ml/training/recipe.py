@@ -11,8 +11,9 @@ model that predicts the majority class looks good. The auto recipe instead:
   the best checkpoint, and stops early when the metric stops improving;
 - selects by macro-F1 when classes are skewed or more than two (accuracy when balanced;
   RMSE for regression);
-- starts the new head from the frozen-feature probe (linear probing, then fine-tuning)
-  and lets it learn at its own rate; weighs the loss against class skew.
+- lets the new head learn at its own rate; weighs the loss against class skew. (Starting
+  the head from the frozen-feature probe is an option, ``head_init: probe``, not the default:
+  measured, it trained worse.)
 
 Everything it decides is written into the spec (``training_spec.yaml``), so it is visible,
 reproducible and overridable: a setting the user gave is never changed. Pure Python.
@@ -101,7 +102,10 @@ def decide(spec: TrainingSpec, *, train_size: int, val_size: int, train_labels: 
     if s.class_weights is None:
         s.class_weights = "balanced" if s.task in ("seq-cls", "image-cls") and balance < SKEWED else "none"
     if s.head_init is None:
-        s.head_init = "probe" if classification and s.baseline else "random"
+        # measured (tweets, 500 rows): a head started from the probe on the head's own input features (BERT's
+        # pooler output, weak for sentence-transformers bases) trained worse than a random one (0.821 vs 0.830
+        # held-out macro-F1, with validation losses of 1-3.6 from its over-confident start): not the default
+        s.head_init = "random"
     return s, notes
 
 

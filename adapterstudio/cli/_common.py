@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from adapterstudio.core.context import Context
-from adapterstudio.core.errors import Cancelled, UserError
+from adapterstudio.core.errors import Cancelled, DiskFull, UserError, find_disk_full
 from adapterstudio.core.fmt import human_size  # noqa: F401  (re-exported for the command modules)
 
 log = logging.getLogger("adapterstudio")
@@ -61,35 +61,68 @@ def run_command(handler: Callable[[argparse.Namespace], int | None], args: argpa
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug: say so in one line, keep the traceback in the log
-        path = _write_crash_log(args)
-        _error(args, f"Internal error: {type(exc).__name__}: {exc}. Details were written to {path}.", 70)
+        full = find_disk_full(exc)
+        if full is not None:  # not a bug: a full disk, wherever it was hit
+            err = full if isinstance(full, DiskFull) else DiskFull(_full_path(full, args))
+            _error(args, str(err), err.exit_code, hint=err.hint)
+            return err.exit_code
+        path, why = _write_crash_log(args)
+        where = f"Details were written to {path}." if path else \
+            f"The details could not be saved ({why}); run again with ADAPTERSTUDIO_DEBUG=1 to print them."
+        _error(args, f"Internal error: {type(exc).__name__}: {exc}. {where}", 70)
         if os.environ.get("ADAPTERSTUDIO_DEBUG"):
             traceback.print_exc()
         return 70
 
 
-def _error(args: argparse.Namespace, message: str, code: int, hint: str | None = None) -> None:
-    if want_json(args):
-        print(json.dumps({"error": message, "exit_code": code, **({"hint": hint} if hint else {})}))
-    print(f"error: {message}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
-
-
-def _write_crash_log(args: argparse.Namespace) -> str:
-    import tempfile
-
-    from adapterstudio.core.settings import load_settings
-
+def _full_path(exc: BaseException, args: argparse.Namespace) -> str:
+    """The path a disk-full error was writing: its file name, else the library folder."""
+    name = getattr(exc, "filename", None)
+    if name:
+        return os.fsdecode(name)
     try:
-        root = load_settings().resolved_library_dir(getattr(args, "home", None))
-        logs = root / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-    except Exception:
-        logs = __import__("pathlib").Path(tempfile.gettempdir())
-    path = logs / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(f"argv: {sys.argv!r}\n")
-        traceback.print_exc(file=fh)
-    return str(path)
+        from adapterstudio.core.settings import load_settings
+
+        return str(load_settings().resolved_library_dir(getattr(args, "home", None)))
+    except Exception:  # noqa: BLE001 - only for the message: a broken settings file must not hide the real error
+        return getattr(args, "home", None) or "the library"
+
+
+def _error(args: argparse.Namespace, message: str, code: int, hint: str | None = None) -> None:
+    try:
+        if want_json(args):
+            print(json.dumps({"error": message, "exit_code": code, **({"hint": hint} if hint else {})}))
+        print(f"error: {message}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
+    except OSError:
+        pass  # stdout/stderr closed or their disk full: the exit code still tells
+
+
+def _write_crash_log(args: argparse.Namespace) -> tuple[str | None, str]:
+    """Write the current exception's traceback to a log; (its path, "") or (None, why not). Never raises:
+    it runs while an error is being reported, and a second error here would bury the first."""
+    import tempfile
+    from pathlib import Path
+
+    candidates = []
+    try:
+        from adapterstudio.core.settings import load_settings
+
+        candidates.append(load_settings().resolved_library_dir(getattr(args, "home", None)) / "logs")
+    except Exception:  # noqa: BLE001 - a broken settings file: fall back to the temp folder
+        pass
+    candidates.append(Path(tempfile.gettempdir()))
+    why = ""
+    for logs in candidates:
+        path = logs / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(f"argv: {sys.argv!r}\n")
+                traceback.print_exc(file=fh)
+            return str(path), ""
+        except Exception as exc:  # noqa: BLE001 - try the next folder; say why if none works
+            why = f"{path}: {getattr(exc, 'strerror', None) or exc}"
+    return None, why
 
 
 class ProgressBar:
@@ -131,6 +164,6 @@ def cli_context(label: str, args: argparse.Namespace) -> tuple[Context, Progress
 def table(rows: list[list[Any]], headers: list[str]) -> str:
     cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from adapterstudio.cli._common import add_group, cli_context, emit, human_size, open_lib, table
+from adapterstudio.core.names import printable
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -154,14 +155,14 @@ def _compat_text(a) -> str:
 
 def _adapter_lines(a) -> str:
     lines = [
-        f"name:        {a.name}",
+        f"name:        {printable(a.name)}",
         f"base:        {a.base or f'missing (it names {a.base_ref!r})'}",
         f"type:        {a.peft_type}" + (f", rank {a.rank}" if a.rank else ""),
         f"task:        {a.task_type or '-'}",
         f"targets:     {', '.join(a.target_modules) or '-'}",
         f"compatible:  {_compat_text(a)}",
         f"size:        {human_size(a.size_bytes)}",
-        f"tags:        {', '.join(a.tags) or '-'}",
+        f"tags:        {', '.join(map(printable, a.tags)) or '-'}",
         f"source:      {a.source}" + (f" ({a.source_ref})" if a.source_ref else ""),
         f"path:        {a.path}",
     ]
@@ -194,8 +195,8 @@ def adapter_list(args: argparse.Namespace) -> int:
                                          peft_type=args.peft_type, base_missing=True if args.base_missing else None,
                                          order=args.sort)
     emit(args, [a.to_json(full=False) for a in items], lambda: table(
-        [[a.name, a.base or "(missing)", a.peft_type, a.rank, a.task_type, human_size(a.size_bytes),
-          {True: "yes", False: "no", None: "?"}[a.compatible], ",".join(a.tags)] for a in items],
+        [[printable(a.name), a.base or "(missing)", a.peft_type, a.rank, a.task_type, human_size(a.size_bytes),
+          {True: "yes", False: "no", None: "?"}[a.compatible], ",".join(map(printable, a.tags))] for a in items],
         ["NAME", "BASE", "TYPE", "RANK", "TASK", "SIZE", "FITS", "TAGS"]) if items else "No adapters match.")
     return 0
 
@@ -241,7 +242,7 @@ def adapter_rename(args: argparse.Namespace) -> int:
 def adapter_tag(args: argparse.Namespace) -> int:
     lib = open_lib(args)
     a = lib.tag_adapter(args.name, remove=args.tags) if args.remove else lib.tag_adapter(args.name, add=args.tags)
-    emit(args, a.to_json(full=False), f"{a.name}: tags {', '.join(a.tags) or '(none)'}.")
+    emit(args, a.to_json(full=False), f"{printable(a.name)}: tags {', '.join(map(printable, a.tags)) or '(none)'}.")
     return 0
 
 

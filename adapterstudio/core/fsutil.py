@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
+from adapterstudio.core.errors import DiskFull, is_disk_full
 
 CHUNK = 4 * 1024 * 1024
 
@@ -31,32 +32,39 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_output(path: Path, mode: str = "wb") -> Iterator:
-    """Write to a temp file beside *path*, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_output(path: Path, mode: str = "wb", needed: int | None = None) -> Iterator:
+    """Write to a temp file beside *path*, fsync, then rename over it.
+
+    A full disk (or quota) raises :class:`DiskFull` naming *path* (and *needed* bytes, when
+    the caller knows them), after the partial temp file is gone."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass  # already gone, or the folder went away: nothing left to clean
+        if not isinstance(exc, DiskFull) and is_disk_full(exc):
+            raise DiskFull(path, needed) from exc
         raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_output(path, "w") as fh:
+    with atomic_output(path, "w", needed=len(text.encode("utf-8", "replace"))) as fh:
         fh.write(text)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_output(path, "wb") as fh:
+    with atomic_output(path, "wb", needed=len(data)) as fh:
         fh.write(data)
 
 
@@ -74,7 +82,7 @@ def sha256_file(path: Path, ctx: TaskContext = NULL_CONTEXT, done_before: int = 
 
 def copy_atomic(src: Path, dst: Path, ctx: TaskContext = NULL_CONTEXT) -> None:
     """Copy *src* to *dst* via a temp file and rename; never leaves a partial *dst*."""
-    with atomic_output(dst, "wb") as out, src.open("rb") as fh:
+    with atomic_output(dst, "wb", needed=src.stat().st_size) as out, src.open("rb") as fh:
         while chunk := fh.read(CHUNK):
             out.write(chunk)
             ctx.check_cancelled()

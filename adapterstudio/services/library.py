@@ -19,9 +19,12 @@ from typing import Any
 from adapterstudio.core.catalogue import Catalogue
 from adapterstudio.core.compat import CompatReport, check_compatibility
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
-from adapterstudio.core.errors import AlreadyExists, Incompatible, InvalidInput, NotFound
+from adapterstudio.core.errors import (
+    AlreadyExists, DiskFull, Incompatible, InvalidInput, NotFound, free_bytes,
+)
 from adapterstudio.core.fsutil import copy_atomic, fsync_dir, iter_files, sha256_file
 from adapterstudio.core.model_info import inspect_model_folder
+from adapterstudio.core.names import validate_name, validate_notes, validate_tag
 from adapterstudio.core.peft_format import PICKLE_SUFFIXES, AdapterConfig, find_weights, read_adapter_config
 from adapterstudio.core.records import AdapterRecord, BaseRecord
 from adapterstudio.core.safetensors_header import read_header
@@ -30,14 +33,17 @@ from adapterstudio.core.settings import Settings, load_settings
 # Key in a base's module shapes recording that loaded-model names were added already.
 _LOADED_NAMES_MARK = "__loaded_module_names__"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_NAME_OK = re.compile(r"^[^\x00-\x1f:\\]{1,200}$")
+# Disk space an import or export keeps free beyond its files (the catalogue's own writes).
+_SPACE_MARGIN = 1_000_000
+
+_check_name = validate_name  # the one rule for names lives in core.names
 
 
-def _check_name(name: str, what: str) -> str:
-    name = name.strip()
-    if not name or not _NAME_OK.match(name) or name in (".", ".."):
-        raise InvalidInput(f"{name!r} is not a valid {what} name (1-200 characters, no ':', backslash or control characters).")
-    return name
+def _require_space(folder: Path, needed: int) -> None:
+    """Refuse before writing anything when *folder*'s disk cannot hold *needed* more bytes."""
+    free = free_bytes(folder)
+    if needed and free is not None and free < needed + _SPACE_MARGIN:
+        raise DiskFull(folder, needed, free)
 
 
 @dataclass
@@ -56,6 +62,14 @@ class Library:
     def root(self) -> Path:
         return self.catalogue.root
 
+    @property
+    def readonly(self) -> bool:
+        """Whether the library could only be opened for reading (no write permission, or a full disk)."""
+        return self.catalogue.readonly
+
+    def _require_writable(self) -> None:
+        self.catalogue.require_writable()
+
     # -- bases -----------------------------------------------------------------
     def add_base(
         self, source: str | os.PathLike[str], name: str | None = None, *, compute_hash: bool = True,
@@ -66,6 +80,7 @@ class Library:
         *hub_id* records which Hub repository a local folder is a copy of; sharing uses it
         as the adapter card's ``base_model`` (a local path never goes on a card).
         """
+        self._require_writable()  # before hashing, which can take minutes
         src = str(source)
         path = Path(src).expanduser()
         if hub_id is not None and not HUB_ID.match(hub_id):
@@ -155,6 +170,8 @@ class Library:
         weights = find_weights(folder, allow_pickle)
         tensors = read_header(weights).tensors if weights.suffix == ".safetensors" else None
         name = _check_name(name or folder.name, "adapter")
+        tags = [validate_tag(t) for t in tags if t.strip()]
+        notes = validate_notes(notes)
         if self.catalogue.find_adapter(name) is not None:
             raise AlreadyExists(f"An adapter named {name!r} is already in the catalogue; choose another name with --name.")
         parent_rec = self.catalogue.get_adapter(parent, full=False) if parent else None
@@ -174,16 +191,26 @@ class Library:
 
         files = [p for p in iter_files(folder) if allow_pickle or p.suffix not in PICKLE_SUFFIXES or p == weights]
         total = sum(p.stat().st_size for p in files)
+        self._require_writable()  # before hashing, which can take minutes
         done = 0
-        stored: list[tuple[str, str, int]] = []
+        hashed: list[tuple[Path, str, int]] = []
         for p in files:
             ctx.check_cancelled()
             size = p.stat().st_size
-            sha = sha256_file(p, ctx, done, total)
-            self.catalogue.put_blob(p, sha)
-            stored.append((p.relative_to(folder).as_posix(), sha, size))
+            hashed.append((p, sha256_file(p, ctx, done, total), size))
             done += size
-        uid, final = self.catalogue.stage_adapter_folder([(rel, sha) for rel, sha, _ in stored])
+        # Only content the library does not hold yet takes space (plus a hard-linked folder, which takes none).
+        _require_space(self.root, sum(size for p, sha, size in hashed if not self.catalogue.blob_path(sha).is_file()))
+        stored: list[tuple[str, str, int]] = []
+        sources: list[tuple[str, str, Path]] = []
+        for p, sha, size in hashed:
+            ctx.check_cancelled()
+            self.catalogue.put_blob(p, sha)
+            rel = p.relative_to(folder).as_posix()
+            stored.append((rel, sha, size))
+            sources.append((rel, sha, p))
+        # the sources stand in for any blob a concurrent remove deletes before this import commits
+        uid, final = self.catalogue.stage_adapter_folder(sources)
         try:
             return self.catalogue.insert_adapter(
                 uid=uid, name=name, base_id=base_rec.id if base_rec else None,
@@ -246,6 +273,7 @@ class Library:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise InvalidInput(f"{out} already exists and is not an empty folder; export into a new folder.")
         out.parent.mkdir(parents=True, exist_ok=True)
+        _require_space(out.parent, sum(f.size for f in a.files))
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             total = sum(f.size for f in a.files)
@@ -273,10 +301,13 @@ class Library:
         return self.catalogue.update_adapter(name, name=_check_name(new_name, "adapter"))
 
     def set_notes(self, name: str, notes: str) -> AdapterRecord:
-        return self.catalogue.update_adapter(name, notes=notes)
+        return self.catalogue.update_adapter(name, notes=validate_notes(notes))
 
     def tag_adapter(self, name: str, add: list[str] = (), remove: list[str] = ()) -> AdapterRecord:  # type: ignore[assignment]
-        return self.catalogue.set_tags(name, add=[t.strip() for t in add if t.strip()], remove=remove)
+        """Add and remove tags; a tag to remove may be typed as shown (tags stored by older versions
+        with hidden characters included, see :func:`adapterstudio.core.names.printable`)."""
+        return self.catalogue.set_tags(name, add=[validate_tag(t) for t in add if t.strip()],
+                                       remove=[t.strip() for t in remove if t.strip()])
 
     def remove_adapter(self, name: str) -> AdapterRecord:
         return self.catalogue.remove_adapter(name)

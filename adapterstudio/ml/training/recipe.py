@@ -94,7 +94,9 @@ def decide(spec: TrainingSpec, *, train_size: int, val_size: int, train_labels: 
             s.eval_every = 0
     if s.early_stopping_patience is None:
         n_evals = math.ceil(total / s.eval_every) if s.eval_every else math.ceil(total / steps_per_epoch)
-        s.early_stopping_patience = max(3, n_evals // 3) if val_size else 0
+        # half the evaluations: a small validation split is noisy, and a shorter patience stopped runs while the
+        # learning rate was still high (measured on tweets: +0.4 to +0.6 macro-F1 points for 6 over 4)
+        s.early_stopping_patience = max(3, n_evals // 2) if val_size else 0
     if s.lr is None:
         s.lr = auto_lr(s.task, s.strategy, n_params)
     if s.head_lr is None and s.strategy in ("lora", "dora", "ia3", "loha", "lokr") and (classification or s.task == "regression"):

@@ -113,7 +113,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", parents=[common], help="fine-tune a base model into a catalogued adapter",
                        description="Fine-tune a base model; exits 0 only when the result is in the catalogue.")
     _spec_args(p)
-    p.add_argument("--resume", metavar="RUN", default=argparse.SUPPRESS, help="resume an interrupted, failed or cancelled run")
+    p.add_argument("--resume", metavar="RUN", default=argparse.SUPPRESS,
+                   help="resume an interrupted, failed or cancelled run (follows it if its worker still runs); "
+                        "with --name, under a new output name")
     p.add_argument("--estimate", action="store_true", help="only print the memory estimate (will it fit?)")
     p.set_defaults(handler=cmd_train)
 
@@ -216,9 +218,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     lib = open_lib(args)
     if hasattr(args, "resume"):
+        other = [f for f in list(SPEC_FLAGS) + ["config"] if f != "name" and hasattr(args, f)]
+        if other:
+            from adapterstudio.core.errors import InvalidInput
+
+            raise InvalidInput(f"--resume goes on with the run's own spec: only --name may go with it, not "
+                               f"--{other[0].replace('_', '-')}.")
         ctx, bar = _progress_ctx(args, "training")
         try:
-            out = T.resume(lib, args.resume, ctx)
+            out = T.resume(lib, args.resume, ctx, name=getattr(args, "name", None))
         finally:
             bar.close()
         return _run_outcome(args, out)
@@ -254,13 +262,17 @@ def _fmt_metric(run: Any) -> str:
     return "-"
 
 
+def _status_text(run: Any) -> str:
+    return "running (supervisor gone)" if run.supervisor_gone else run.status
+
+
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from adapterstudio.core.runs import RunStore
 
     lib = open_lib(args)
     rs = RunStore(lib.catalogue).list(status=args.status)
     emit(args, [r.to_json() for r in rs], lambda: table(
-        [[r.id, r.name, r.status, r.spec.get("strategy"), r.base, r.world_size,
+        [[r.id, r.name, _status_text(r), r.spec.get("strategy"), r.base, r.world_size,
           f"{r.duration_s:.0f}s" if r.duration_s is not None else None, _fmt_metric(r)] for r in rs],
         ["RUN", "NAME", "STATUS", "STRATEGY", "BASE", "WORLD", "TIME", "METRIC"]) if rs else "no training runs")
     return 0
@@ -274,7 +286,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     d = {**r.to_json(), **baseline.fields(r.metrics)}
 
     def text() -> str:
-        lines = [f"run {r.id} ({r.name}): {r.status}", f"base: {r.base}", f"adapter: {r.adapter or '-'}",
+        lines = [f"run {r.id} ({r.name}): {_status_text(r)}", f"base: {r.base}", f"adapter: {r.adapter or '-'}",
                  f"world_size: {r.world_size or '-'}", f"last checkpoint: {r.last_checkpoint or '-'}",
                  f"duration: {r.duration_s:.1f}s" if r.duration_s is not None else "duration: -",
                  f"folder: {r.run_dir}"]
@@ -360,7 +372,7 @@ def cmd_queue_remove(args: argparse.Namespace) -> int:
 
     lib = open_lib(args)
     r = RunStore(lib.catalogue).remove(args.run)
-    emit(args, r.to_json(), f"removed run {r.id} ({r.name})")
+    emit(args, r.to_json(), f"removed run {r.id} ({r.name}) and its folder")
     return 0
 
 

@@ -5,13 +5,23 @@ process died with the app (its pid is gone while it says ``running``) is shown a
 ``interrupted`` and can be resumed from its last checkpoint. The queue is the runs in
 state ``queued``, ordered by ``queue_position``: it survives restarts because it is
 just rows in the catalogue.
+
+One process supervises a run at a time: it holds an exclusive ``flock`` on
+``RUN_DIR/supervisor.lock`` (:class:`RunLock`) and hands the open lock to the launcher of
+the worker, so the lock stays held from the launch on, even if the supervisor is killed;
+the worker itself holds ``RUN_DIR/worker.lock`` (shared, one per process) stamped with
+its launch. :func:`run_liveness` reads both: a run that says ``running`` is
+*interrupted* when nothing of it runs, and *running with its supervisor gone* while its
+worker runs or is being started.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -20,8 +30,16 @@ from typing import Any
 from adapterstudio.core.catalogue import Catalogue
 from adapterstudio.core.errors import InvalidInput, NotFound
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs fall back to the supervisor's pid alone
+    fcntl = None  # type: ignore[assignment]
+
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 RESUMABLE = ("failed", "cancelled", "interrupted")
+LOCK_FILE = "supervisor.lock"
+WORKER_LOCK = "worker.lock"
+RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 
 
 @dataclass
@@ -44,6 +62,8 @@ class RunRecord:
     finished_at: float | None
     updated_at: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # 'running' whose supervising process is gone while its worker still runs (it holds the run's lock)
+    supervisor_gone: bool = False
 
     @property
     def duration_s(self) -> float | None:
@@ -102,7 +122,7 @@ class RunStore:
         )
 
     def create(self, *, name: str, spec: dict[str, Any], base_id: int | None, status: str = "queued",
-               run_id: str | None = None) -> RunRecord:
+               run_id: str | None = None, metrics: dict[str, Any] | None = None) -> RunRecord:
         rid = run_id or new_run_id()
         run_dir = self.cat.runs_dir / rid
         now = time.time()
@@ -111,9 +131,10 @@ class RunStore:
             if status == "queued":
                 pos = (c.execute("SELECT MAX(queue_position) FROM runs").fetchone()[0] or 0) + 1
             c.execute(
-                "INSERT INTO runs (id, name, status, spec, base_id, run_dir, queue_position, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                (rid, name, status, json.dumps(spec), base_id, str(run_dir), pos, now, now),
+                "INSERT INTO runs (id, name, status, spec, base_id, run_dir, metrics, queue_position, created_at,"
+                " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (rid, name, status, json.dumps(spec), base_id, str(run_dir), json.dumps(metrics or {}, default=str),
+                 pos, now, now),
             )
         return self.get(rid)
 
@@ -177,19 +198,40 @@ class RunStore:
         return True
 
     def remove(self, run_id: str) -> RunRecord:
+        """Forget a run that is not running, and delete its folder (checkpoints, prepared data, logs)."""
         run = self.get(run_id)
         if run.status == "running":
             raise InvalidInput(f"Run {run.id} is running; cancel it first.")
+        run_dir = Path(run.run_dir)
+        holder = lock_holder(run_dir) or worker_holder(run_dir)
+        if holder is not None:
+            raise InvalidInput(f"Run {run.id} is held by process {holder.get('supervisor_pid') or holder.get('pid', '?')}, "
+                               "which runs it or is about to; cancel it first.")
         with self.cat.transaction() as c:
             c.execute("DELETE FROM runs WHERE id = ?", (run.id,))
+        # only a folder of ours: runs/<id> (a killed removal leaves a folder without a row, swept later)
+        if run_dir.name == run.id and run_dir.parent.resolve() == self.cat.runs_dir.resolve():
+            shutil.rmtree(run_dir, ignore_errors=True)
         return run
 
     def _mark_dead(self, run: RunRecord) -> RunRecord:
         """A 'running' run whose supervising process is gone was interrupted.
 
+        The run's locks say whether anything of it still runs (:func:`run_liveness`): its
+        worker alive, or being started, with the supervisor gone -> still running
+        (``supervisor_gone``); nothing -> interrupted (even if the recorded pid now belongs
+        to another process). Without a lock file (a run supervised by an older version, or
+        no flock) the pid decides.
         The supervisor may have died before recording the newest checkpoint, so the run
         folder (complete checkpoints only) is the truth for where it can resume."""
-        if run.status == "running" and not pid_alive(run.pid):
+        if run.status != "running":
+            return run
+        state, _ = run_liveness(Path(run.run_dir))
+        if state in ("supervised", "orphaned"):
+            run.supervisor_gone = state == "orphaned"
+            return run
+        dead = state == "stopped" or not pid_alive(run.pid)
+        if dead:
             newest = latest_checkpoint(Path(run.run_dir))
             ckpt = str(newest) if newest else run.last_checkpoint
             with self.cat.transaction() as c:
@@ -200,6 +242,156 @@ class RunStore:
             run.status = "interrupted"
             run.last_checkpoint = ckpt
         return run
+
+
+class RunLock:
+    """The right to supervise one run: an exclusive ``flock`` on ``RUN_DIR/supervisor.lock``.
+
+    Pass :attr:`fd` to the worker's launcher (``pass_fds``): the lock belongs to the open
+    file, so it stays held while any process holding it lives. :meth:`release` only closes
+    this process's copy (an unlock would free it for the worker too). The file holds JSON
+    about the holder (``supervisor_pid``, later ``launcher_pid``) for :func:`lock_holder`.
+    """
+
+    def __init__(self, fd: int | None, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+        self.info: dict[str, Any] = {}
+
+    @classmethod
+    def acquire(cls, run_dir: Path, *, tries: int = 5, **info: Any) -> RunLock | None:
+        """The lock, or None when another process holds it. *run_dir* must exist."""
+        path = Path(run_dir) / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            for i in range(tries):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    # held; or a reader's brief shared probe (lock_holder): try again shortly
+                    if i == tries - 1:
+                        os.close(fd)
+                        return None
+                    time.sleep(0.05)
+        lock = cls(fd, path)
+        lock.note(supervisor_pid=os.getpid(), since=time.time(), **info)
+        return lock
+
+    def note(self, **info: Any) -> None:
+        """Record who holds the lock (read by :func:`lock_holder`)."""
+        if self.fd is None:
+            return
+        self.info.update(info)
+        data = json.dumps(self.info).encode()
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        os.write(self.fd, data)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _probe(path: Path) -> dict[str, Any] | None:
+    """What the holder of the flock on *path* wrote about itself, or None when nobody holds it."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (or no folder): nobody holds it
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_info(fd)
+        return None  # closing the descriptor drops the probe's shared lock
+    finally:
+        os.close(fd)
+
+
+def _read_info(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        info = json.loads(os.read(fd, 4096).decode("utf-8"))
+    except ValueError:  # being written this very moment
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def lock_holder(run_dir: Path) -> dict[str, Any] | None:
+    """What the holder of a run's supervisor lock wrote (a supervisor, or the launcher it started), or None."""
+    return _probe(Path(run_dir) / LOCK_FILE)
+
+
+def worker_holder(run_dir: Path) -> dict[str, Any] | None:
+    """``{"pid", "launch"}`` of a run's live worker (it holds ``worker.lock``), or None."""
+    if fcntl is None:
+        return None
+    path = Path(run_dir) / WORKER_LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # never started a worker
+        return None
+    try:
+        try:
+            # exclusive: any worker process's shared hold refuses it (a worker starting now waits a moment)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return _read_info(fd)
+        return None
+    finally:
+        os.close(fd)
+
+
+def run_liveness(run_dir: Path) -> tuple[str, dict[str, Any]]:
+    """Who runs this run now, from its locks: ``(state, holder info)``.
+
+    ``supervised``: a live supervisor holds it. ``orphaned``: its supervisor is gone but its
+    worker runs, or its launcher is still starting this launch's worker. ``stopped``: nothing
+    runs it (a launcher whose worker has ended may still hold the lock a moment: acquiring
+    waits). ``unknown``: no lock file (a run of an older version, or no flock): go by pid.
+    """
+    run_dir = Path(run_dir)
+    if fcntl is None or not (run_dir / LOCK_FILE).exists():
+        return "unknown", {}
+    sup = lock_holder(run_dir)
+    if sup is not None and pid_alive(sup.get("supervisor_pid")):
+        return "supervised", sup
+    worker = worker_holder(run_dir)
+    if worker is not None:
+        return "orphaned", {**(sup or {}), "worker_pid": worker.get("pid")}
+    if sup is not None and sup.get("launch"):
+        # held by the launcher: if this launch's worker never stamped worker.lock, it is still starting
+        try:
+            stamped = json.loads((run_dir / WORKER_LOCK).read_text(encoding="utf-8")).get("launch")
+        except (OSError, ValueError, AttributeError):
+            stamped = None
+        if stamped != sup["launch"]:
+            return "orphaned", sup
+    return "stopped", sup or {}
+
+
+def hold_worker_lock(run_dir: Path) -> Any:
+    """For the worker: hold ``RUN_DIR/worker.lock`` (shared) for the life of this process, stamped
+    with the launch (``ADAPTERSTUDIO_LAUNCH``) by process 0. Keep the returned object referenced."""
+    if fcntl is None:
+        return None
+    fd = os.open(Path(run_dir) / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # waits only for a probe's instant
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"pid": os.getpid(), "launch": os.environ.get("ADAPTERSTUDIO_LAUNCH")}).encode())
+    return fd
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -11,6 +11,14 @@ On success the adapter is imported with ``source="train"``, the run id and its l
 ``full`` fine-tune is a whole model, not an adapter: it is copied to
 ``<library>/models/<name>`` and registered as a new *base* whose notes name its parent,
 with the same lineage in ``lineage.json`` beside the weights and in the run record.
+
+A run's life survives a kill at any point: everything it needs is checked before any work;
+its folder is written under a temporary name and renamed whole before its row is
+inserted; one process supervises it at a time (:class:`~adapterstudio.core.runs.RunLock`,
+held by the worker too), and :func:`resume` follows a worker that outlived its supervisor
+instead of starting a second one; an adapter imported just before a kill is found again
+(by its run id) and linked instead of retraining. :func:`crash_point` marks the moments
+where tests kill the process.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -29,19 +38,39 @@ from pathlib import Path
 from typing import Any
 
 from adapterstudio.core import jsonl
-from adapterstudio.core.context import NULL_CONTEXT, TaskContext
-from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError
-from adapterstudio.core.fsutil import atomic_write_text
-from adapterstudio.core.runs import RunRecord, RunStore, latest_checkpoint
+from adapterstudio.core.context import NULL_CONTEXT, Context, TaskContext
+from adapterstudio.core.errors import AlreadyExists, Cancelled, InvalidInput, NotFound, UserError
+from adapterstudio.core.fsutil import atomic_write_text, fsync_dir
+from adapterstudio.core.runs import (RUN_ID_RE, RunLock, RunRecord, RunStore, latest_checkpoint, lock_holder, run_liveness,
+                                     worker_holder)
 from adapterstudio.ml.training.spec import TrainingSpec, estimate_memory
 
 EXIT_CANCELLED = 3
 EXIT_OOM = 75
 STOP_GRACE_S = 120.0
+TMP_PREFIX = ".tmp-"  # a run folder being written; renamed to runs/<id> once complete
+LEFTOVER_GRACE_S = 3600.0  # a temp folder this old belongs to no live process
 
 
 class TrainingFailed(UserError):
     """The training child failed; the message says why (and the run stays resumable)."""
+
+
+class RunBusy(InvalidInput):
+    """Another process supervises this run (it holds the run's lock)."""
+
+
+def crash_point(point: str) -> None:
+    """A moment in a run's life where a crash must leave the library consistent. Does nothing.
+
+    Tests replace it (``monkeypatch.setattr(training, "crash_point", ...)``, or in a child
+    process) to kill the process exactly there. The points: ``run_data_written`` (the split
+    is in the temporary run folder, spec.yaml not yet), ``run_folder_placed`` (the run
+    folder is complete under its final name, its row not inserted), ``worker_launched`` (the
+    worker's launcher has just started), ``before_import`` (the worker finished, nothing
+    imported), ``adapter_imported`` (the adapter is in the catalogue, the run not yet marked
+    succeeded).
+    """
 
 
 @dataclass
@@ -68,11 +97,9 @@ def resolve_spec(lib: Any, spec: TrainingSpec, prepared: Any = None,
         raise NotFound(f"Base model {base.name!r} has no local files to train on; download it first.")
     if not spec.name:
         spec = spec.replace(name=f"{base.name.split('/')[-1]}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if spec.strategy == "full":
-        if lib.catalogue.find_base(spec.name) is not None:
-            raise AlreadyExists(f"A base model named {spec.name!r} is already in the catalogue; choose another --name.")
-    elif lib.catalogue.find_adapter(spec.name) is not None:
-        raise AlreadyExists(f"An adapter named {spec.name!r} is already in the catalogue; choose another --name.")
+    elif spec.name != spec.name.strip():
+        spec = spec.replace(name=spec.name.strip())
+    check_output_name(lib, spec.strategy, spec.name)
     for key in ("data", "validation", "test", "accelerate_config"):
         v = getattr(spec, key)
         if v:
@@ -84,6 +111,52 @@ def resolve_spec(lib: Any, spec: TrainingSpec, prepared: Any = None,
         if notes is not None:
             notes.extend(decided)
     return spec.with_defaults(base.num_parameters).validate(), base
+
+
+def _valid_name(name: str, what: str, how: str = "choose another --name") -> None:
+    from adapterstudio.core.names import validate_name
+
+    if name != name.strip():
+        raise InvalidInput(f"{name!r} is not a valid {what} name (no spaces at either end); {how}.")
+    try:
+        validate_name(name, what)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{str(exc).rstrip('.')}; {how}.") from None
+
+
+def _full_dest(lib: Any, name: str) -> Path:
+    return lib.root / "models" / name.replace("/", "_")
+
+
+def _lineage_run_id(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "lineage.json").read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_output_name(lib: Any, strategy: str, name: str, run_id: str | None = None,
+                      how: str = "choose another --name") -> None:
+    """Raise unless *name* is a valid, free name for what a run of *strategy* produces.
+
+    Free means: not in the catalogue, no folder in the way (a full fine-tune), and not the
+    output of another queued or running run. *run_id*'s own leftovers do not count. *how*
+    ends the message: what the user can do about it."""
+    full = strategy == "full"
+    _valid_name(name, "base model" if full else "adapter", how)
+    if full:
+        if lib.catalogue.find_base(name) is not None:
+            raise AlreadyExists(f"A base model named {name!r} is already in the catalogue; {how}.")
+        dest = _full_dest(lib, name)
+        if dest.exists() and (run_id is None or _lineage_run_id(dest) != run_id):
+            raise AlreadyExists(f"{dest} already exists; {how}.")
+    elif lib.catalogue.find_adapter(name) is not None:
+        raise AlreadyExists(f"An adapter named {name!r} is already in the catalogue; {how}.")
+    for other in runs(lib).list():
+        if other.id != run_id and other.status in ("queued", "running") and other.name.casefold() == name.casefold() \
+                and (other.spec.get("strategy") == "full") == full:
+            raise AlreadyExists(f"Run {other.id} ({other.status}) will produce {'a base model' if full else 'an adapter'} "
+                                f"named {name!r}; {how}.")
 
 
 def memory_estimate(lib: Any, spec: TrainingSpec) -> dict[str, Any]:
@@ -115,6 +188,18 @@ def _device_memory(spec: TrainingSpec) -> tuple[str, int | None]:
 def prepare_run(lib: Any, spec: TrainingSpec, ctx: TaskContext = NULL_CONTEXT, *, status: str = "queued",
                 prepared_from: Path | None = None) -> RunRecord:
     """Check everything, split the data into the run folder, and record the run."""
+    run, lock = _prepare(lib, spec, ctx, status=status, prepared_from=prepared_from)
+    lock.release()
+    return run
+
+
+def _prepare(lib: Any, spec: TrainingSpec, ctx: TaskContext, *, status: str,
+             prepared_from: Path | None) -> tuple[RunRecord, RunLock]:
+    """Prepare a run and return it with its lock held (so no queue runner takes it first).
+
+    The folder is written as ``runs/.tmp-<id>`` and renamed whole to ``runs/<id>``; the row
+    is inserted after. A kill on the way leaves a temporary folder or a folder without a
+    row (both swept later), never a queued run with a half-written folder."""
     from adapterstudio.ml.training.data import PreparedData, prepare
 
     checked, base = resolve_spec(lib, spec)
@@ -129,40 +214,219 @@ def prepare_run(lib: Any, spec: TrainingSpec, ctx: TaskContext = NULL_CONTEXT, *
     spec, base = resolve_spec(lib, spec.replace(name=checked.name), prepared, notes)
     for n in notes:
         ctx.log(f"recipe: {n}")
-    store = runs(lib)
-    run = store.create(name=spec.name, spec=spec.to_dict(), base_id=base.id, status=status)
-    run_dir = Path(run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    prepared.write(run_dir / "data")
-    spec.save(run_dir / "spec.yaml")
-    job = {"run_id": run.id, "base_path": base.path, "base": {"name": base.name, "hub_id": base.hub_id,
-           "revision": base.revision, "content_hash": base.content_hash}, "labels": prepared.labels,
-           "columns": prepared.columns, "dataset": prepared.dataset}
-    atomic_write_text(run_dir / "job.json", json.dumps(job, indent=2))
     est = memory_estimate(lib, spec)
-    store.update(run.id, metrics={"estimate": est, "sizes": {"train": len(prepared.train),
-                                                             "validation": len(prepared.validation), "test": len(prepared.test)}})
+    sweep_leftovers(lib)
+    store = runs(lib)
+    runs_dir = lib.catalogue.runs_dir
+    rid = _unused_run_id(runs_dir)
+    tmp, final = runs_dir / f"{TMP_PREFIX}{rid}", runs_dir / rid
+    tmp.mkdir(parents=True)
+    lock: RunLock | None = None
+    placed = False
+    try:
+        lock = RunLock.acquire(tmp)  # the lock is on the file, so it moves with the folder
+        if lock is None:
+            raise RunBusy(f"{tmp} is locked by another process.")
+        prepared.write(tmp / "data")
+        crash_point("run_data_written")
+        spec.save(tmp / "spec.yaml")
+        job = {"run_id": rid, "base_path": base.path, "base": {"name": base.name, "hub_id": base.hub_id,
+               "revision": base.revision, "content_hash": base.content_hash}, "labels": prepared.labels,
+               "columns": prepared.columns, "dataset": prepared.dataset}
+        atomic_write_text(tmp / "job.json", json.dumps(job, indent=2))
+        fsync_dir(tmp)
+        os.replace(tmp, final)
+        placed = True
+        fsync_dir(runs_dir)
+        lock.path = final / lock.path.name
+        crash_point("run_folder_placed")
+        run = store.create(name=spec.name, spec=spec.to_dict(), base_id=base.id, status=status, run_id=rid,
+                           metrics={"estimate": est, "sizes": {"train": len(prepared.train),
+                                    "validation": len(prepared.validation), "test": len(prepared.test)}})
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if placed and lib.catalogue.conn.execute("SELECT 1 FROM runs WHERE id = ?", (rid,)).fetchone() is None:
+            shutil.rmtree(final, ignore_errors=True)
+        raise
     avail = f" of {est['available'] / 2**30:.1f} GiB free on {est['device']}" if est.get("available") else ""
     ctx.log(f"memory estimate: about {est['total'] / 2**30:.2f} GiB{avail}")
     if est.get("fits") is False:
         ctx.log("warning: " + "; ".join(est["notes"]))
-    return store.get(run.id)
+    return run, lock
+
+
+def _unused_run_id(runs_dir: Path) -> str:
+    from adapterstudio.core.runs import new_run_id
+
+    while True:
+        rid = new_run_id()
+        if not (runs_dir / rid).exists() and not (runs_dir / f"{TMP_PREFIX}{rid}").exists():
+            return rid
+
+
+def sweep_leftovers(lib: Any, grace_s: float = LEFTOVER_GRACE_S) -> list[Path]:
+    """Delete what crashes left in ``runs/`` once older than *grace_s*: temporary run folders,
+    compare splits, and run folders that have no row and never ran (killed between the rename
+    and the insert, or whose removal was cut short). Returns what was deleted."""
+    runs_dir = lib.catalogue.runs_dir
+    known = {r[0] for r in lib.catalogue.conn.execute("SELECT id FROM runs")}
+    now = time.time()
+    gone = []
+    try:
+        entries = list(runs_dir.iterdir())
+    except OSError:  # no runs folder yet: nothing to sweep
+        return gone
+    for p in entries:
+        if p.name.startswith((TMP_PREFIX, ".compare-")):
+            pass
+        elif RUN_ID_RE.match(p.name) and p.name not in known:
+            if (p / "events.jsonl").exists() or (p / "checkpoints").exists():
+                continue  # it trained once: not ours to delete without a row saying so
+        else:
+            continue
+        try:
+            if not p.is_dir() or now - p.stat().st_mtime < grace_s or lock_holder(p) is not None:
+                continue
+        except OSError:  # gone meanwhile
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        gone.append(p)
+    return gone
 
 
 # -- running ------------------------------------------------------------------------
 def train(lib: Any, spec: TrainingSpec, ctx: TaskContext = NULL_CONTEXT) -> TrainOutcome:
     """Prepare and run one job to the end (the CLI's ``train``)."""
-    run = prepare_run(lib, spec, ctx, status="queued")
-    return run_job(lib, run.id, ctx)
+    run, lock = _prepare(lib, spec, ctx, status="queued", prepared_from=None)
+    return run_job(lib, run.id, ctx, _lock=lock)
 
 
-def resume(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT) -> TrainOutcome:
-    run = runs(lib).get(run_id)
+def resume(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT, *, name: str | None = None) -> TrainOutcome:
+    """Go on with a run that stopped (interrupted, failed, cancelled) or is still queued.
+
+    A run whose worker still runs (its supervisor was killed, or another app supervises it)
+    is followed (:func:`attach`), never given a second worker. *name* changes the output
+    name first (when the original name turned out to be invalid or taken). A run whose
+    training had finished is only imported; one whose adapter was imported just before a
+    crash is only linked."""
+    store = runs(lib)
+    run = store.get(run_id)
+    if lock_holder(Path(run.run_dir)) is not None or worker_holder(Path(run.run_dir)) is not None:
+        if name is not None and name.strip() != run.name:
+            raise InvalidInput(f"Run {run.id} is running; change its output name once it has stopped.")
+        return attach(lib, run.id, ctx)
     if run.status == "succeeded":
         raise InvalidInput(f"Run {run.id} already finished; its adapter is {run.adapter!r}.")
     if run.status == "running":
-        raise InvalidInput(f"Run {run.id} is running in another process (pid {run.pid}).")
-    return run_job(lib, run.id, ctx)
+        raise RunBusy(f"Run {run.id} is running in another process (pid {run.pid}).")
+    return run_job(lib, run.id, ctx, name=name)
+
+
+def attach(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT) -> TrainOutcome:
+    """Follow a run whose worker another process launched until it ends, then see it through.
+
+    For a GUI reopened while a run goes on, and for :func:`resume`. The run's events come to
+    *ctx* as they would to its supervisor. If that supervisor is alive (another app or CLI),
+    this only follows and returns (or raises) what it records. If it is gone (the worker
+    stops by itself at its next step, keeping a checkpoint), this process takes the run over
+    once the worker has stopped: it imports a finished result, or resumes from the newest
+    checkpoint. ``ctx.cancel()`` asks the worker to stop, as ``runs cancel`` does."""
+    store = runs(lib)
+    run = store.get(run_id)
+    run_dir = Path(run.run_dir)
+    if lock_holder(run_dir) is None and worker_holder(run_dir) is None:
+        if run.status == "running":  # supervised by an older version (no lock): nothing to follow from here
+            raise RunBusy(f"Run {run.id} is running in another process (pid {run.pid}).")
+        raise InvalidInput(f"Run {run.id} is {run.status}, not running; resume it with "
+                           f"'adapterstudio train --resume {run.id}'.")
+    state, holder = run_liveness(run_dir)
+    adopt = state != "supervised"
+    ctx.log(f"run {run.id} is " + ("running without its supervisor (it was killed); following its worker until it "
+                                   "stops, then taking over" if adopt else
+                                   f"supervised by process {holder.get('supervisor_pid')}; following it"))
+    info, lock = _follow(run, run_dir, store, ctx)
+    handed_over = False
+    try:
+        run = store.get(run.id)
+        if run.status == "succeeded":
+            return _outcome(lib, run)
+        if run.status == "running" or (adopt and run.status == "interrupted"):
+            # nobody finished it: this process does
+            if (run_dir / "stop").exists():
+                store.update(run.id, status="cancelled", error="was cancelled; its last checkpoint is kept", pid=None,
+                             last_checkpoint=_latest_checkpoint(run_dir), finished_at=time.time())
+                raise Cancelled(f"run {run.id} cancelled; resume it with 'adapterstudio train --resume {run.id}'")
+            if info.get("error") and not (run_dir / "result.json").exists():
+                err = f"failed: {info['error']}"
+                store.update(run.id, status="failed", error=err, pid=None, last_checkpoint=_latest_checkpoint(run_dir),
+                             finished_at=time.time())
+                raise TrainingFailed(f"Training run {run.id} {err}", hint=f"the worker log is {run_dir / 'worker.log'}")
+            handed_over = True
+            return run_job(lib, run.id, ctx, _lock=lock)
+        raise _ended(run)
+    finally:
+        if not handed_over:
+            lock.release()
+
+
+def _follow(run: RunRecord, run_dir: Path, store: RunStore, ctx: TaskContext) -> tuple[dict[str, Any], RunLock]:
+    """Pass the run's events to *ctx* until nothing runs it (its lock and its worker's are free); return
+    what they said, and the run's lock, now held by this process."""
+    events_path = run_dir / "events.jsonl"
+    info: dict[str, Any] = {"log": str(run_dir / "worker.log")}
+    history: list[dict[str, Any]] = []
+    quiet = Context()  # the events written before we came are replayed only for what they say
+    old, offset = jsonl.read_since(events_path, 0)
+    for ev in old:
+        if isinstance(ev, dict):
+            if ev.get("event") == "launch":
+                info = {"log": info["log"]}
+            _handle_event(ev, run.id, store, quiet, info, history, {}, record=False)
+    if info.get("last_step"):
+        ev = info["last_step"]
+        ctx.progress(ev.get("step", 0), ev.get("total_steps"), "following the running worker")
+    stop_sent = False
+    lock: RunLock | None = None
+    while True:
+        if lock is None:
+            lock = RunLock.acquire(run_dir, tries=1)  # free once any supervisor and the launcher are gone
+        new, offset = jsonl.read_since(events_path, offset)
+        for ev in new:
+            if isinstance(ev, dict):
+                _handle_event(ev, run.id, store, ctx, info, history, {}, record=False)
+        if lock is not None and worker_holder(run_dir) is None:
+            return info, lock
+        if ctx.cancelled and not stop_sent:
+            (run_dir / "stop").touch()
+            stop_sent = True
+            ctx.log("stopping at the next step (a checkpoint is saved first)")
+        time.sleep(0.3)
+
+
+def _ended(run: RunRecord) -> UserError | Cancelled:
+    """The error that reports a run another process ended without success."""
+    if run.status == "cancelled":
+        return Cancelled(f"run {run.id} cancelled; resume it with 'adapterstudio train --resume {run.id}'")
+    return TrainingFailed(f"Training run {run.id} is {run.status}: {run.error}",
+                          hint=f"resume it with 'adapterstudio train --resume {run.id}'")
+
+
+def _outcome(lib: Any, run: RunRecord) -> TrainOutcome:
+    result = _read_result(Path(run.run_dir)) or dict(run.metrics or {})
+    if run.spec.get("strategy") == "full":
+        rec = lib.catalogue.find_base(run.name)
+    else:
+        rec = lib.catalogue.find_adapter(run.adapter) if run.adapter else None
+    return TrainOutcome(run=run, adapter=rec, result=result)
+
+
+def _read_result(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def cancel(lib: Any, run_id: str) -> RunRecord:
@@ -177,40 +441,138 @@ def cancel(lib: Any, run_id: str) -> RunRecord:
     return run
 
 
-def run_job(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT) -> TrainOutcome:
-    """Supervise a prepared run (queued, interrupted, failed or cancelled) until it ends."""
+def run_job(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT, *, name: str | None = None,
+            _lock: RunLock | None = None) -> TrainOutcome:
+    """Supervise a prepared run (queued, interrupted, failed or cancelled) until it ends.
+
+    Takes the run's lock (:class:`RunBusy` if another process holds it) and checks
+    everything the run needs before launching anything."""
     store = runs(lib)
-    run = store.get(run_id)
-    if run.status == "succeeded":
-        raise InvalidInput(f"Run {run.id} already finished.")
-    if not store.claim(run.id, os.getpid()):
-        raise InvalidInput(f"Run {run.id} is already running in another process.")
-    run_dir = Path(run.run_dir)
-    (run_dir / "stop").unlink(missing_ok=True)
+    lock = _lock
+    try:
+        run = store.get(run_id)
+        run_dir = Path(run.run_dir)
+        if lock is None:
+            if not run_dir.is_dir():
+                _refuse(store, run, InvalidInput(
+                    f"Run {run.id}'s folder {run_dir} is missing; remove the run with 'adapterstudio queue remove {run.id}'."))
+            lock = RunLock.acquire(run_dir)
+            if lock is None:
+                raise RunBusy(f"Run {run.id} is already running in another process.")
+            run = store.get(run.id)  # as the last supervisor left it
+        if run.status == "succeeded":
+            raise InvalidInput(f"Run {run.id} already finished.")
+        worker = worker_holder(run_dir)
+        if worker is not None:  # a worker that outlived its launcher: never a second one in the same folder
+            raise RunBusy(f"Run {run.id}'s worker (pid {worker.get('pid')}) is still running; follow it with "
+                          f"'adapterstudio train --resume {run.id}'.")
+        linked = _link_imported(lib, run, ctx)
+        if linked is not None:
+            return linked
+        try:
+            spec = _preflight(lib, run, run_dir, name)
+        except UserError as exc:
+            _refuse(store, run, exc)
+        if not store.claim(run.id, os.getpid()):
+            raise RunBusy(f"Run {run.id} is already running in another process.")
+        lock.note(run_id=run.id)
+        (run_dir / "stop").unlink(missing_ok=True)
+        result = _read_result(run_dir) if (run_dir / "adapter").is_dir() else None
+        if result is not None:
+            ctx.log(f"run {run.id} had finished training; importing its result")
+        else:
+            try:
+                spec, result = _supervise(store, run, run_dir, spec, ctx, lock)
+            except BaseException as exc:
+                # whatever stopped the supervisor (Ctrl-C, a crash in the app): the run must not stay 'running'
+                if store.get(run.id).status == "running":
+                    store.update(run.id, status="interrupted", error=f"supervision stopped ({type(exc).__name__}); resume it",
+                                 pid=None, last_checkpoint=_latest_checkpoint(run_dir), finished_at=time.time())
+                raise
+        crash_point("before_import")
+        ctx.progress(1, 1, "importing into the catalogue")
+        try:
+            rec = _import_result(lib, run.id, spec, run_dir, result, ctx)
+        except UserError as exc:
+            store.update(run.id, status="failed", error=f"could not import the trained adapter: {exc}", pid=None,
+                         finished_at=time.time())
+            raise
+        return TrainOutcome(run=store.get(run.id), adapter=rec, result=result)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _refuse(store: RunStore, run: RunRecord, exc: UserError) -> None:
+    """Raise *exc*; a queued run that cannot run leaves the queue as failed (with *exc* as its error)."""
+    if run.status == "queued":
+        store.update(run.id, status="failed", error=str(exc), queue_position=None, pid=None, finished_at=time.time())
+    raise exc
+
+
+def _preflight(lib: Any, run: RunRecord, run_dir: Path, name: str | None) -> TrainingSpec:
+    """Everything a run needs, checked before anything is launched: its folder, base files, output name."""
+    missing = [f for f in ("spec.yaml", "job.json", "data/meta.json", "data/train.jsonl") if not (run_dir / f).is_file()]
+    if missing:
+        raise InvalidInput(f"Run {run.id}'s folder {run_dir} is incomplete (no {missing[0]}): it was cut short while "
+                           f"being prepared; remove it with 'adapterstudio queue remove {run.id}'.")
     spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")
     try:
-        spec, result = _supervise(store, run, run_dir, spec, ctx)
-    except BaseException as exc:
-        # whatever stopped the supervisor (Ctrl-C, a crash in the app): the run must not stay 'running'
-        if store.get(run.id).status == "running":
-            store.update(run.id, status="interrupted", error=f"supervision stopped ({type(exc).__name__}); resume it",
-                         pid=None, last_checkpoint=_latest_checkpoint(run_dir), finished_at=time.time())
-        raise
-    ctx.progress(1, 1, "importing into the catalogue")
-    try:
-        rec = _import_result(lib, run.id, spec, run_dir, result, ctx)
-    except UserError as exc:
-        store.update(run.id, status="failed", error=f"could not import the trained adapter: {exc}", finished_at=time.time())
-        raise
+        job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InvalidInput(f"{run_dir / 'job.json'} is not valid JSON ({exc}); remove the run.") from None
+    base_path = job.get("base_path")
+    if not base_path or not Path(base_path).exists():
+        raise NotFound(f"The base model files of run {run.id} ({base_path}) are gone; add the base model back first.")
+    if name is not None and name.strip() != spec.name:
+        new = name.strip()
+        check_output_name(lib, spec.strategy, new, run.id)
+        spec = spec.replace(name=new)
+        spec.save(run_dir / "spec.yaml")
+        if (run_dir / "adapter" / "training_spec.yaml").is_file():
+            spec.save(run_dir / "adapter" / "training_spec.yaml")
+        runs(lib).update(run.id, name=new, spec=spec.to_dict())
+    else:
+        check_output_name(lib, spec.strategy, spec.name, run.id,
+                          how=f"resume it under another name with 'adapterstudio train --resume {run.id} --name NEW'")
+    return spec
+
+
+def _link_imported(lib: Any, run: RunRecord, ctx: TaskContext) -> TrainOutcome | None:
+    """The run's result already in the catalogue (imported just before a crash): link it, mark it succeeded."""
+    store = runs(lib)
+    run_dir = Path(run.run_dir)
+    result = _read_result(run_dir) or {}
+    if run.spec.get("strategy") == "full":
+        rec = next((b for b in lib.catalogue.list_bases() if b.path and _lineage_run_id(Path(b.path)) == run.id), None)
+        if rec is None:
+            return None
+        lineage = json.loads((Path(rec.path) / "lineage.json").read_text(encoding="utf-8"))
+        if not rec.notes:
+            lib.catalogue.update_base(rec.name, notes=f"full fine-tune of {lineage['base']['name']} (run {run.id}); "
+                                      "lineage in lineage.json")
+            rec = lib.catalogue.get_base(rec.name)
+        fields: dict[str, Any] = {"metrics": {**result, "lineage": lineage}}
+    else:
+        # the adapters table has no run -> adapter link other than the adapter's run_id
+        row = lib.catalogue.conn.execute("SELECT name FROM adapters WHERE run_id = ?", (run.id,)).fetchone()
+        if row is None:
+            return None
+        rec = lib.catalogue.get_adapter(row[0])
+        fields = {"metrics": result or rec.lineage.get("metrics", {}), "adapter_id": rec.id}
+    store.update(run.id, status="succeeded", error="", pid=None, queue_position=None,
+                 world_size=result.get("world_size") or run.world_size,
+                 finished_at=time.time(), last_checkpoint=_latest_checkpoint(run_dir), **fields)
+    ctx.log(f"run {run.id}'s result {rec.name!r} was already in the catalogue (imported just before it stopped); linked it")
     return TrainOutcome(run=store.get(run.id), adapter=rec, result=result)
 
 
 def _supervise(store: RunStore, run: RunRecord, run_dir: Path, spec: TrainingSpec,
-               ctx: TaskContext) -> tuple[TrainingSpec, dict[str, Any]]:
+               ctx: TaskContext, lock: RunLock | None = None) -> tuple[TrainingSpec, dict[str, Any]]:
     attempts = 0
     while True:
         attempts += 1
-        rc, info = _launch_and_watch(spec, run_dir, run.id, store, ctx)
+        rc, info = _launch_and_watch(spec, run_dir, run.id, store, ctx, lock)
         if rc == 0:
             break
         # accelerate's launcher turns the worker's exit code into 1: the events say what happened
@@ -228,8 +590,6 @@ def _supervise(store: RunStore, run: RunRecord, run_dir: Path, spec: TrainingSpe
         store.update(run.id, status=status, error=err, finished_at=time.time(),
                      last_checkpoint=_latest_checkpoint(run_dir), pid=None)
         if status == "cancelled":
-            from adapterstudio.core.errors import Cancelled
-
             raise Cancelled(f"run {run.id} cancelled; resume it with 'adapterstudio train --resume {run.id}'")
         raise TrainingFailed(f"Training run {run.id} {err}", hint=f"resume it with 'adapterstudio train --resume {run.id}'"
                              if status == "interrupted" else f"the worker log is {run_dir / 'worker.log'}")
@@ -286,16 +646,27 @@ def _child_env(cpu: bool = False) -> dict[str, str]:
 
 
 def _launch_and_watch(spec: TrainingSpec, run_dir: Path, run_id: str, store: RunStore,
-                      ctx: TaskContext) -> tuple[int, dict[str, Any]]:
+                      ctx: TaskContext, lock: RunLock | None = None) -> tuple[int, dict[str, Any]]:
     events_path = run_dir / "events.jsonl"
-    offset = events_path.stat().st_size if events_path.exists() else 0
+    # marks where this launch's events begin (for a process that attaches later)
+    launch = secrets.token_hex(8)
+    _append_event(run_dir, "launch", supervisor_pid=os.getpid(), launch=launch)
+    if lock is not None:
+        lock.note(launch=launch)  # before the launcher inherits the lock (see core.runs.run_liveness)
+    env = {**_child_env(spec.cpu), "ADAPTERSTUDIO_LAUNCH": launch}
+    offset = events_path.stat().st_size
     log_path = run_dir / "worker.log"
     info: dict[str, Any] = {"log": str(log_path)}
     with log_path.open("ab") as log:
         log.write(f"\n==== launch {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
         log.flush()
-        proc = subprocess.Popen(launch_command(spec, run_dir), stdout=log, stderr=subprocess.STDOUT, env=_child_env(spec.cpu),
-                                cwd=str(run_dir), start_new_session=True)
+        # the launcher inherits the run's lock: it stays held while the worker lives, even if this process is killed
+        proc = subprocess.Popen(launch_command(spec, run_dir), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=str(run_dir), start_new_session=True,
+                                pass_fds=(lock.fd,) if lock is not None and lock.fd is not None else ())
+    if lock is not None:
+        lock.note(launcher_pid=proc.pid)
+    crash_point("worker_launched")
     stop_sent_at: float | None = None
     history: list[dict[str, Any]] = []
     metrics = store.get(run_id).metrics
@@ -331,13 +702,15 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _handle_event(ev: dict[str, Any], run_id: str, store: RunStore, ctx: TaskContext, info: dict[str, Any],
-                  history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+                  history: list[dict[str, Any]], metrics: dict[str, Any], *, record: bool = True) -> None:
+    """One worker event: to *ctx*, into *info*; and into the run's row when *record* (its supervisor)."""
     kind = ev.get("event")
     if kind == "start":
         info["start"] = ev
         metrics.update(trainable_params=ev.get("trainable_params"), total_params=ev.get("total_params"),
                        device=ev.get("device"), precision=ev.get("precision"), total_steps=ev.get("total_steps"))
-        store.update(run_id, world_size=ev.get("world_size"), metrics=metrics)
+        if record:
+            store.update(run_id, world_size=ev.get("world_size"), metrics=metrics)
         precision = {"no": "fp32", None: "fp32"}.get(ev.get("precision"), ev.get("precision"))  # accelerate says "no"
         ctx.log(f"training on {ev.get('device')} x{ev.get('world_size')} ({precision}), "
                 f"{ev.get('trainable_params'):,} trainable of {ev.get('total_params'):,} parameters"
@@ -349,10 +722,12 @@ def _handle_event(ev: dict[str, Any], run_id: str, store: RunStore, ctx: TaskCon
     elif kind == "eval":
         m = ev.get("metrics", {})
         metrics.setdefault("history", []).append({"step": ev["step"], "epoch": ev["epoch"], **{f"eval_{k}": v for k, v in m.items()}})
-        store.update(run_id, metrics=metrics)
+        if record:
+            store.update(run_id, metrics=metrics)
         ctx.log(f"step {ev['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)))
     elif kind == "checkpoint":
-        store.update(run_id, last_checkpoint=ev.get("path"))
+        if record:
+            store.update(run_id, last_checkpoint=ev.get("path"))
     elif kind == "error":
         info["error"] = ev.get("message")
     elif kind == "oom":
@@ -440,23 +815,26 @@ def _import_result(lib: Any, run_id: str, spec: TrainingSpec, run_dir: Path, res
     store = runs(lib)
     out = run_dir / "adapter"
     if spec.strategy == "full":
-        dest = lib.root / "models" / spec.name.replace("/", "_")
-        if dest.exists():
-            raise AlreadyExists(f"{dest} already exists; choose another --name.")
-        tmp = dest.with_name("." + dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(out, tmp)
-        atomic_write_text(tmp / "lineage.json", json.dumps(lineage, indent=2, default=str))
-        os.replace(tmp, dest)
+        dest = _full_dest(lib, spec.name)
+        if not (dest.exists() and _lineage_run_id(dest) == run_id):  # else copied before a crash: register it
+            if dest.exists():
+                raise AlreadyExists(f"{dest} already exists; choose another --name.")
+            tmp = dest.with_name("." + dest.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(out, tmp)
+            atomic_write_text(tmp / "lineage.json", json.dumps(lineage, indent=2, default=str))
+            os.replace(tmp, dest)
         rec = lib.add_base(dest, name=spec.name, ctx=ctx)
+        crash_point("adapter_imported")
         lib.catalogue.update_base(rec.name, notes=f"full fine-tune of {job['base']['name']} (run {run_id}); lineage in lineage.json")
         store.update(run_id, status="succeeded", metrics={**result, "lineage": lineage}, world_size=result.get("world_size"),
-                     finished_at=time.time(), pid=None, last_checkpoint=_latest_checkpoint(run_dir))
+                     error="", finished_at=time.time(), pid=None, last_checkpoint=_latest_checkpoint(run_dir))
         return lib.catalogue.get_base(rec.name)
     rec = lib.import_adapter(out, spec.name, base=spec.base, source="train", run_id=run_id, lineage=lineage,
                              tags=[f"task:{spec.task}", f"strategy:{spec.strategy}"], ctx=ctx)
+    crash_point("adapter_imported")
     store.update(run_id, status="succeeded", adapter_id=rec.id, metrics=result, world_size=result.get("world_size"),
-                 finished_at=time.time(), pid=None, last_checkpoint=_latest_checkpoint(run_dir))
+                 error="", finished_at=time.time(), pid=None, last_checkpoint=_latest_checkpoint(run_dir))
     return rec
 
 
@@ -470,8 +848,9 @@ def run_queue(lib: Any, ctx: TaskContext = NULL_CONTEXT, *, limit: int | None = 
     """Run queued jobs one after the other (the accelerator is one slot). Failures are recorded, not fatal."""
     done: list[dict[str, Any]] = []
     store = runs(lib)
+    busy: set[str] = set()  # held by another process (a 'train' that queued it, another queue runner)
     while limit is None or len(done) < limit:
-        q = store.queue()
+        q = [r for r in store.queue() if r.id not in busy]
         if not q:
             break
         run = q[0]
@@ -479,6 +858,9 @@ def run_queue(lib: Any, ctx: TaskContext = NULL_CONTEXT, *, limit: int | None = 
         try:
             out = run_job(lib, run.id, ctx)
             done.append({"run": out.run.id, "name": run.name, "status": "succeeded"})
+        except RunBusy:
+            busy.add(run.id)
+            ctx.log(f"run {run.id} is being run by another process; skipping it")
         except UserError as exc:
             done.append({"run": run.id, "name": run.name, "status": store.get(run.id).status, "error": str(exc)})
             if not keep_going:
@@ -497,7 +879,8 @@ def compare(lib: Any, spec: TrainingSpec, strategies: list[str], ctx: TaskContex
     if not spec.test and spec.test_fraction == 0:
         spec = spec.replace(test_fraction=0.2)
     prefix = spec.name or f"{spec.base.split('/')[-1]}-cmp-{time.strftime('%Y%m%d-%H%M%S')}"
-    first, _ = resolve_spec(lib, spec.replace(name=f"{prefix}-{strategies[0]}", strategy=strategies[0]))
+    # every strategy's output name is checked before the first one trains
+    first = [resolve_spec(lib, spec.replace(name=f"{prefix}-{s}", strategy=s))[0] for s in strategies][0]
     shared = lib.root / "runs" / f".compare-{prefix}"
     prepare(first).write(shared)  # one split for all strategies
     rows = []
@@ -506,9 +889,9 @@ def compare(lib: Any, spec: TrainingSpec, strategies: list[str], ctx: TaskContex
             ctx.check_cancelled()
             ctx.log(f"== {s} ==")
             sub = spec.replace(strategy=s, name=f"{prefix}-{s}", lr=spec.lr if len(strategies) == 1 else None)
-            run = prepare_run(lib, sub, ctx, status="queued", prepared_from=shared)
+            run, lock = _prepare(lib, sub, ctx, status="queued", prepared_from=shared)
             try:
-                out = run_job(lib, run.id, ctx)
+                out = run_job(lib, run.id, ctx, _lock=lock)
             except UserError as exc:
                 rows.append({"strategy": s, "run": run.id, "status": runs(lib).get(run.id).status, "error": str(exc)})
                 continue

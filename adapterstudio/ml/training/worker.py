@@ -77,6 +77,9 @@ from adapterstudio.core.runs import latest_checkpoint  # noqa: E402,F401  (used 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir = Path(argv[0]).resolve()
+    from adapterstudio.core.runs import hold_worker_lock
+
+    _worker_lock = hold_worker_lock(run_dir)  # noqa: F841  (held until this process ends: tells apps the worker lives)
     from adapterstudio.ml.training.spec import TrainingSpec
 
     spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")

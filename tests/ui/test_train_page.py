@@ -47,6 +47,17 @@ def test_train_page_runs_a_job_end_to_end(qtbot, window, tiny_setup, lib):
     est = wait_worker(qtbot, page.estimate())
     assert est["total"] > 0 and "needed" in page.estimate_label.text()
     assert page.spec_dict()["max_batch_tokens"] is None  # auto
+    # the auto recipe decides what the form leaves on "auto"; a value set in the form wins
+    d = page.spec_dict()
+    assert (d["recipe"], d["epochs"], d["early_stopping_patience"], d["metric"]) == ("auto", None, None, None)
+    page.patience.setValue(0)
+    page.metric.setCurrentText("accuracy")
+    page.recipe.setCurrentIndex(1)
+    d = page.spec_dict()
+    assert (d["recipe"], d["early_stopping_patience"], d["metric"]) == ("fixed", 0, "accuracy")
+    page.recipe.setCurrentIndex(0)
+    page.patience.setValue(-1)
+    page.metric.setCurrentText("auto")
     page.max_batch_tokens.setValue(256)
     assert page.spec_dict()["max_batch_tokens"] == 256
     smaller = wait_worker(qtbot, page.estimate())

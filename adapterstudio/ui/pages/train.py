@@ -325,10 +325,23 @@ class TrainPage(QWidget):
 
         g = QGroupBox("Settings (preset per strategy; blank means automatic)")
         f = QFormLayout(g)
+        self.recipe = QComboBox()
+        self.recipe.addItem("Auto: decided from the data", "auto")
+        self.recipe.addItem("Fixed: the same for every data set", "fixed")
+        self.recipe.setToolTip("Auto gives small data sets enough steps, validates several times, stops early, selects "
+                               "by macro-F1 on skewed classes and weighs the loss against the skew; what it decides is "
+                               "written into the run's spec. Every setting you fill in below wins.")
+        f.addRow("Recipe", self.recipe)
         self.epochs = QDoubleSpinBox()
-        self.epochs.setRange(0.1, 1000)
-        self.epochs.setValue(3)
+        self.epochs.setRange(0, 1000)
+        self.epochs.setSpecialValueText("auto")
+        self.epochs.setValue(0)
         f.addRow("Epochs", self.epochs)
+        self.metric = QComboBox()
+        for m in ("auto", "accuracy", "macro_f1", "loss", "rmse", "r2"):
+            self.metric.addItem(m, None if m == "auto" else m)
+        self.metric.setToolTip("The validation metric that picks the best checkpoint and stops early")
+        f.addRow("Selection metric", self.metric)
         self.lr = QLineEdit()
         self.lr.setPlaceholderText("auto")
         f.addRow("Learning rate", self.lr)
@@ -367,8 +380,10 @@ class TrainPage(QWidget):
         self.val_fraction.setValue(0.2)
         f.addRow("Validation share", self.val_fraction)
         self.patience = QSpinBox()
-        self.patience.setRange(0, 100)
-        self.patience.setSpecialValueText("off")
+        self.patience.setRange(-1, 100)
+        self.patience.setSpecialValueText("auto")
+        self.patience.setValue(-1)
+        self.patience.setToolTip("Validations without improvement before stopping; 0 never stops early")
         f.addRow("Early stopping patience", self.patience)
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
@@ -414,9 +429,10 @@ class TrainPage(QWidget):
 
     def apply_preset(self, strategy: str) -> None:
         """Good defaults per strategy: the rank and dropout for adapters, fewer epochs for full."""
-        presets = {"head": (3, 8, 0.0), "partial": (3, 8, 0.0), "lora": (3, 8, 0.05), "dora": (3, 8, 0.05),
-                   "ia3": (3, 8, 0.0), "loha": (3, 8, 0.05), "lokr": (3, 8, 0.05), "full": (2, 8, 0.0)}
-        epochs, r, drop = presets.get(strategy, (3, 8, 0.05))
+        # epochs 0: the recipe's step budget
+        presets = {"head": (0, 8, 0.0), "partial": (0, 8, 0.0), "lora": (0, 8, 0.05), "dora": (0, 8, 0.05),
+                   "ia3": (0, 8, 0.0), "loha": (0, 8, 0.05), "lokr": (0, 8, 0.05), "full": (0, 8, 0.0)}
+        epochs, r, drop = presets.get(strategy, (0, 8, 0.05))
         self.epochs.setValue(epochs)
         self.lora_r.setValue(r)
         self.lora_dropout.setValue(drop)
@@ -441,11 +457,12 @@ class TrainPage(QWidget):
             base=self.base.currentText(), data=self.data.text().strip(), task=self.task.currentText(),
             strategy=self.strategy.currentText(), name=self.name.text().strip(),
             text_column=self.text_column.text().strip() or None, label_column=self.label_column.text().strip() or None,
-            epochs=self.epochs.value(), lr=lr_value, batch_size=self.batch_size.value() or None,
+            recipe=self.recipe.currentData(), metric=self.metric.currentData(),
+            epochs=self.epochs.value() or None, lr=lr_value, batch_size=self.batch_size.value() or None,
             max_length=self.max_length.value() or None, max_batch_tokens=self.max_batch_tokens.value() or None,
             lora_r=self.lora_r.value(),
             lora_alpha=self.lora_alpha.value() or None, lora_dropout=self.lora_dropout.value(),
-            val_fraction=self.val_fraction.value(), early_stopping_patience=self.patience.value(),
+            val_fraction=self.val_fraction.value(), early_stopping_patience=None if self.patience.value() < 0 else self.patience.value(),
             seed=self.seed.value(), cpu=self.cpu.isChecked(),
         )
         return d

@@ -406,7 +406,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     emit(args, rows, lambda: table(
         [[r["strategy"], f"{r['trainable_params']:,}" if r.get("trainable_params") else "-", r.get("metric", "-"),
-          fmt(r.get("val")), fmt(r.get("test")), f"{r['train_time_s']:.1f}s" if r.get("train_time_s") else "-",
-          human_size(r.get("peak_memory")), r.get("adapter") or r.get("error", "")] for r in rows],
-        ["STRATEGY", "TRAINABLE", "METRIC", "VAL", "TEST", "TIME", "PEAK MEM", "RESULT"]))
+          fmt(r.get("val")), fmt(r.get("test")),
+          f"{r['gain_over_baseline']:+.4f}" if isinstance(r.get("gain_over_baseline"), float) else "-",
+          f"{r['train_time_s']:.1f}s" if r.get("train_time_s") else "-", human_size(r.get("peak_memory")),
+          r.get("adapter") or r.get("error") or ("frozen-feature baseline" if r["strategy"] == "probe" else "")]
+         for r in rows],
+        ["STRATEGY", "TRAINABLE", "METRIC", "VAL", "TEST", "VS PROBE", "TIME", "PEAK MEM", "RESULT"]))
     return 0 if all(r["status"] == "succeeded" for r in rows) else 1

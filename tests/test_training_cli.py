@@ -46,6 +46,10 @@ def test_lora_beats_head_on_minilm_with_real_data(cli, home, minilm_path, tmp_pa
     assert by["head"]["test_metrics"]["n"] == by["lora"]["test_metrics"]["n"] == 120  # the same held-out split
     # held-out test accuracy: LoRA clearly beats the frozen-backbone baseline
     assert by["lora"]["test"] > by["head"]["test"] + 0.05, rows
+    # and the frozen-feature probe fitted beside the run: its row, and LoRA's gain over it on the same test split
+    assert by["probe"]["test"] is not None and by["probe"]["metric"] == by["lora"]["metric"]
+    assert by["lora"]["gain_over_baseline"] == pytest.approx(by["lora"]["test"] - by["probe"]["test"]), rows
+    assert by["lora"]["gain_over_baseline"] > 0, rows
     # both are catalogued adapters with lineage; eval reproduces the metrics on a file
     shown = _json(cli("adapter", "show", "vader-lora", "--json"))
     assert shown["source"] == "train" and shown["lineage"]["labels"] == ["negative", "positive"]

@@ -194,3 +194,31 @@ def test_auto_run_records_recipe_baseline_and_saves_the_probe(tiny_lib, cli, hom
     assert scored["macro_f1"] == pytest.approx(head_input, abs=1e-6)
     again = cli("runs", "save-probe", out.run.id, "--name", "auto-probe")
     assert again.returncode == 1 and "already in the catalogue" in again.stderr
+
+
+def test_refit_trains_again_on_training_and_validation_rows(tiny_lib):
+    import math
+
+    from safetensors.torch import load_file
+
+    from adapterstudio.core.errors import InvalidInput
+    from adapterstudio.services import training as T
+
+    spec = TrainingSpec(base="tb", data=str(tiny_lib.test_data), cpu=True, name="refit", test_fraction=0.2, epochs=2,
+                        refit=True)
+    out = T.train(tiny_lib, spec)
+    r, run_dir = out.result, Path(out.run.run_dir)
+    sel = json.loads((run_dir / "selection.json").read_text())
+    sizes = {k: len((run_dir / "data" / f"{k}.jsonl").read_text().splitlines()) for k in ("train", "validation")}
+    assert r["refit"]["train_examples"] == sizes["train"] + sizes["validation"]
+    assert r["refit"]["steps"] == math.ceil(sel["best_step"] * (sizes["train"] + sizes["validation"]) / sizes["train"])
+    assert r["steps"] == sel["steps"] + r["refit"]["steps"] and r["test"] == r["refit"]["test"]
+    assert r["final"] == sel["final"] and r["baseline"] and "gain_over_baseline" in r
+    # the exported (and catalogued) adapter is the refit model, not the selected checkpoint
+    exported = load_file(str(Path(tiny_lib.catalogue.get_adapter("refit").path) / "adapter_model.safetensors"))
+    refit_w = load_file(str(run_dir / "refit" / "adapter" / "adapter_model.safetensors"))
+    selected = load_file(str(run_dir / "best" / "adapter_model.safetensors"))
+    k = next(iter(exported))
+    assert (exported[k] == refit_w[k]).all() and not all((exported[n] == selected[n]).all() for n in exported)
+    with pytest.raises(InvalidInput, match="refit .* needs a validation split"):
+        T.train(tiny_lib, spec.replace(name="refit2", val_fraction=0.0))

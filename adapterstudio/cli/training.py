@@ -34,7 +34,7 @@ SPEC_FLAGS = {
     "quantize": "quantize", "packing": "packing", "accelerate_config": "accelerate_config", "schedule": "schedule",
     "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay", "max_batch_tokens": "max_batch_tokens",
     "recipe": "recipe", "metric": "metric", "head_lr": "head_lr", "class_weights": "class_weights",
-    "head_init": "head_init", "baseline": "baseline", "allow": "allow",
+    "head_init": "head_init", "baseline": "baseline", "allow": "allow", "refit": "refit",
 }
 
 
@@ -70,6 +70,9 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
                    help="weigh the loss against class skew (default: balanced when classes are skewed)")
     p.add_argument("--head-init", choices=["probe", "random"], default=S,
                    help="start the new head from the frozen-feature probe (default) or at random")
+    p.add_argument("--refit", action="store_true", default=S,
+                   help="after the validation split chose the number of steps, train again on training + validation "
+                        "rows and export that model (more data for the model, twice the time, no validation score)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", default=S,
                    help="skip the frozen-feature baseline (logistic regression) fitted beside every classification run")
     p.add_argument("--lr", type=float, default=S, help="learning rate (default: by strategy and model size" +

@@ -107,6 +107,9 @@ def resolve_spec(lib: Any, spec: TrainingSpec, prepared: Any = None,
     if prepared is not None:
         from adapterstudio.ml.training import recipe
 
+        if spec.refit and not prepared.validation:
+            raise InvalidInput("refit retrains on the training and validation rows for the steps the validation split "
+                               "chose, so it needs a validation split (--val-fraction above 0 or --validation FILE).")
         spec, decided = recipe.apply(spec, prepared, base.num_parameters)
         if notes is not None:
             notes.extend(decided)
@@ -741,6 +744,9 @@ def _handle_event(ev: dict[str, Any], run_id: str, store: RunStore, ctx: TaskCon
         ctx.log(f"baseline: logistic regression on the frozen {ev.get('features')} features: {ev.get('metric')} "
                 f"{val:.4f} on validation" + (f", {test:.4f} on test" if test is not None else "") +
                 (" (the new head starts from it)" if ev.get("head_init") else ""))
+    elif kind == "refit":
+        ctx.log(f"refit: training again on {ev.get('train_examples')} training + validation rows for {ev.get('steps')} "
+                f"steps (the validation split chose step {ev.get('selected_step')})")
     elif kind == "early_stop":
         ctx.log(f"early stop at step {ev.get('step')}: no improvement in {ev.get('patience')} evaluations")
 

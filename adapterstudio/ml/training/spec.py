@@ -91,6 +91,9 @@ class TrainingSpec:
     # classification: fit the frozen-feature baseline (logistic regression on the frozen base's features) on the
     # same split and report the fine-tune's gain over it
     baseline: bool = True
+    # after the validation split chose the number of steps, train again from the base on training + validation
+    # rows for that many epochs and export that model (a fifth more data; twice the time; no validation score)
+    refit: bool = False
     # batches of similar length (less padding, but a batch's labels follow its length where the two correlate).
     # None: auto: random batches when passes are split by a token budget (the split removes the padding
     # instead), length-grouped batches when a micro-batch runs whole
@@ -216,6 +219,8 @@ class TrainingSpec:
             bad(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, not {self.class_weights!r}")
         if self.class_weights == "balanced" and self.task not in ("seq-cls", "image-cls"):
             bad("class_weights only applies to the seq-cls and image-cls tasks")
+        if self.refit and self.task == "causal-lm":
+            bad("refit applies to the classification and regression tasks")
         if self.head_init is not None and self.head_init not in HEAD_INITS:
             bad(f"head_init must be one of {', '.join(HEAD_INITS)}, not {self.head_init!r}")
         if self.max_steps < 0:

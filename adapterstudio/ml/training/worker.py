@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     events = Events(run_dir / "events.jsonl", enabled=rank == 0)
     try:
-        return train(spec, job, run_dir, events)
+        if not spec.refit:
+            return train(spec, job, run_dir, events)
+        rc = train(spec, job, run_dir, events, final=False)
+        return rc if rc != 0 else refit(spec, job, run_dir, events)
     except Exception as exc:
         import traceback
 
@@ -112,7 +115,60 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, oom_types) or "out of memory" in str(exc).lower()[:200]
 
 
-def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
+def refit(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
+    """``refit``: train again from the base on training + validation rows for the steps selection chose.
+
+    The first phase chose the number of steps on the validation split (``selection.json``); this
+    phase uses those rows for training too (a fifth more data with the default split), so the model
+    it exports has no validation score of its own: only the test split, when there is one, scores
+    it. It costs a second training run. Its checkpoints live in ``RUN_DIR/refit`` (resumable)."""
+    import math as _math
+
+    from adapterstudio.core.fsutil import atomic_write_text
+    from adapterstudio.ml.training.data import PreparedData
+
+    selection = json.loads((run_dir / "selection.json").read_text(encoding="utf-8"))
+    data = PreparedData.read(run_dir / "data")
+    sub = run_dir / "refit"
+    if not (sub / "data" / "meta.json").exists():
+        merged = PreparedData(task=data.task, train=data.train + data.validation, validation=[], test=data.test,
+                              labels=data.labels, columns=data.columns, dataset=data.dataset, warnings=data.warnings)
+        merged.write(sub / "data")
+    # the same number of epochs as the selected checkpoint saw, over the larger training set
+    steps = max(1, _math.ceil(int(selection.get("best_step") or selection["steps"]) *
+                               (len(data.train) + len(data.validation)) / max(len(data.train), 1)))
+    sub_spec = spec.replace(refit=False, max_steps=steps, eval_every=0, early_stopping_patience=0, baseline=False,
+                            head_init="random" if spec.head_init == "probe" else spec.head_init)
+    sub_spec.save(sub / "spec.yaml")
+    atomic_write_text(sub / "job.json", json.dumps(job))
+    events("refit", steps=steps, train_examples=len(data.train) + len(data.validation),
+           selected_step=selection.get("best_step"))
+    sub_events = Events(run_dir / "events.jsonl", enabled=events.enabled)  # one stream: the app follows the progress
+    rc = train(sub_spec, job, sub, sub_events)
+    if rc != 0:
+        return rc
+    final = json.loads((sub / "result.json").read_text(encoding="utf-8"))
+    result = {**selection, "refit": {"steps": final["steps"], "train_examples": final["train_examples"],
+                                     "test": final.get("test", {}), "duration_s": final.get("duration_s")},
+              "test": final.get("test", {}), "steps": selection["steps"] + final["steps"],
+              "duration_s": float(selection.get("duration_s") or 0) + float(final.get("duration_s") or 0),
+              "peak_memory": max(int(selection.get("peak_memory") or 0), int(final.get("peak_memory") or 0))}
+    result.update(baseline_comparison(spec, selection.get("baseline"), selection.get("final", {}), result["test"]))
+    if events.enabled:
+        dest = run_dir / "adapter"
+        tmp = run_dir / "adapter.refit.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(sub / "adapter", tmp)
+        spec.save(tmp / "training_spec.yaml")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2, default=_jsonable))
+    events("done", **result)
+    return 0
+
+
+def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events, final: bool = True) -> int:
+    """One training phase. ``final=False`` (refit's selection phase) writes ``selection.json``, not ``result.json``."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -383,11 +439,12 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
         "batch_size": mb, "grad_accum": ga, "wall_s": time.time() - t_start,
         **baseline_comparison(spec, baseline, final_val, test),
     }
+    out_name = "result.json" if final else "selection.json"
     if accelerator.is_main_process:
-        tmp = run_dir / "result.json.tmp"
+        tmp = run_dir / (out_name + ".tmp")
         tmp.write_text(json.dumps(result, indent=2, default=_jsonable), encoding="utf-8")
-        os.replace(tmp, run_dir / "result.json")
-    events("done", **result)
+        os.replace(tmp, run_dir / out_name)
+    events("done" if final else "selected", **result)
     accelerator.end_training()
     return 0
 

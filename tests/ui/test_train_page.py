@@ -140,6 +140,41 @@ def test_bad_form_values_are_readable_errors(qtbot, tiny_setup, errors_shown):
     page.lr.clear()
     page.data.setText(str(data.parent / "missing.csv"))
     w = page.preview()
-    with pytest.raises(Exception):
+    from adapterstudio.core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="missing.csv does not exist"):
         wait_worker(qtbot, w)
     assert "missing.csv" in page.preview_label.text()
+
+
+def test_a_run_whose_supervisor_died_shows_so_and_can_be_resumed(qtbot, tiny_setup, lib):
+    """What a killed app leaves: its worker's launcher holds the run's lock; the page says so and offers Resume
+    (which follows the worker, services.training.attach); once nothing holds the run it is interrupted."""
+    import subprocess
+
+    from PySide6.QtCore import Qt
+
+    from adapterstudio.core.runs import RunLock, RunStore
+    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.services import training
+
+    page, data = tiny_setup
+    run = training.enqueue(lib, TrainingSpec(base="tb", data=str(data), strategy="head", max_steps=2, cpu=True,
+                                             name="orphan"))
+    lock = RunLock.acquire(run.run_dir)
+    lock.note(supervisor_pid=2**22 + 12345, launch="L1")  # the supervisor (the killed app) is gone
+    launcher = subprocess.Popen(["sleep", "120"], pass_fds=(lock.fd,))  # still starting this launch's worker
+    lock.release()
+    try:
+        RunStore(lib.catalogue).update(run.id, status="running", pid=2**22 + 12345, queue_position=None)
+        shown = lambda: page.runs_model.index(0, 1).data()  # noqa: E731
+        qtbot.waitUntil(lambda: (page.poll(), shown())[1] == "running (supervisor gone)", timeout=20000)
+        page.select_run(run.id)
+        assert page.resume_btn.isEnabled() and page.cancel_btn.isEnabled()
+        assert "Resume follows the worker" in page.runs_model.index(0, 1).data(Qt.ItemDataRole.ToolTipRole)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    qtbot.waitUntil(lambda: (page.poll(), shown())[1] == "interrupted", timeout=20000)
+    page.select_run(run.id)
+    assert page.resume_btn.isEnabled() and not page.cancel_btn.isEnabled()

@@ -82,9 +82,20 @@ def t_run_queue(ctx, lib):
 
 
 def t_resume(ctx, lib, run_id: str):
+    """Resume a stopped run; a run whose worker outlived its supervisor is followed, then taken over."""
     from adapterstudio.services import training
 
     return training.resume(lib, run_id, ctx)
+
+
+def status_text(r: Any) -> str:
+    """A run's status as the runs table shows it (as 'adapterstudio runs list' does)."""
+    return "running (supervisor gone)" if r.supervisor_gone else r.status
+
+
+def can_resume(r: Any) -> bool:
+    """Stopped, or running without its supervisor (Resume follows its worker, then takes the run over)."""
+    return r.status in ("failed", "cancelled", "interrupted") or r.supervisor_gone
 
 
 def t_save_probe(ctx, lib, run_id: str):
@@ -159,7 +170,7 @@ class RunsModel(RowTableModel):
         vals = [h.get(f"eval_{metric}") for h in hist if isinstance(h.get(f"eval_{metric}"), (int, float))]
         if vals:
             best = f"{metric} {(max(vals) if metric in ('accuracy', 'macro_f1') else min(vals)):.3f}"
-        return (r.name, r.status, r.base or spec.get("base", "–"), spec.get("strategy", "–"), prog, best,
+        return (r.name, status_text(r), r.base or spec.get("base", "–"), spec.get("strategy", "–"), prog, best,
                 human_time(r.started_at or r.created_at))
 
     def set_progress(self, run_id: str, done: int, total: int) -> None:
@@ -186,7 +197,10 @@ class RunsModel(RowTableModel):
         if role == Qt.ItemDataRole.ForegroundRole and index.column() == 1:
             from PySide6.QtGui import QColor
 
-            return QColor(self.STATUS_COLORS.get(r.status, "#8a8fa3"))
+            return QColor(self.STATUS_COLORS.get("interrupted" if r.supervisor_gone else r.status, "#8a8fa3"))
+        if role == Qt.ItemDataRole.ToolTipRole and r.supervisor_gone:
+            return ("The process supervising this run was closed or killed while its worker still runs; "
+                    "Resume follows the worker and takes the run over.")
         if role == Qt.ItemDataRole.ToolTipRole and r.error:
             return r.error
         return None
@@ -272,6 +286,7 @@ class TrainPage(QWidget):
         self._shown: tuple[str, int] | None = None  # (run id, version) on screen
         self.statuses: dict[str, str] = {}
         self.queue_worker: Worker | None = None
+        self._resuming: dict[str, Worker] = {}  # run id -> its Resume task
         self._poll_worker: Worker | None = None
         self.poll_timer = QTimer(self)
         self.poll_timer.setInterval(1000)
@@ -724,7 +739,7 @@ class TrainPage(QWidget):
                 self.run_finished.emit(r)
                 self.notify(r)
             self.statuses[r.id] = r.status
-        signature = [(r.id, r.status, r.updated_at) for r in res["runs"]]
+        signature = [(r.id, r.status, r.supervisor_gone, r.updated_at) for r in res["runs"]]
         if signature != getattr(self, "_runs_signature", None):  # a reset (and relayout) only when runs changed
             self._runs_signature = signature
             self.runs_model.set_runs(res["runs"])
@@ -794,7 +809,7 @@ class TrainPage(QWidget):
                                + (f" · {eta:.0f} s left" if isinstance(eta, (int, float)) and r.status == "running" else ""))
         else:
             self.progress.setValue(0)
-            self.speed.setText(r.status)
+            self.speed.setText(status_text(r))
         self._update_buttons()
 
     def _show_baseline(self, r: Any) -> None:
@@ -812,7 +827,8 @@ class TrainPage(QWidget):
         self.probe_btn.setEnabled(bool(r is not None and isinstance(r.metrics, dict) and r.metrics.get("baseline")
                                        and r.spec.get("task", "seq-cls") in ("seq-cls", "token-cls", "image-cls")))
         self.cancel_btn.setEnabled(status in ("running", "queued"))
-        self.resume_btn.setEnabled(status in ("failed", "cancelled", "interrupted"))
+        resuming = self._resuming.get(r.id) if r is not None else None
+        self.resume_btn.setEnabled(r is not None and can_resume(r) and (resuming is None or resuming.is_done))
         self.open_btn.setEnabled(bool(r is not None and r.adapter))
         running = self.queue_worker is not None and not self.queue_worker.is_done
         self.start_btn.setEnabled(not running and any(x.status == "queued" for x in self.runs_model.runs()))
@@ -828,7 +844,9 @@ class TrainPage(QWidget):
         if r is None:
             return None
         w = self.session.run(t_resume, r.id, pool=ACCEL, label=f"resume {r.name}", changes=True)
+        self._resuming[r.id] = w  # one Resume per run at a time (following an orphan takes a while)
         w.signals.finished.connect(self.poll)
+        self._update_buttons()
         return w
 
     def save_probe_selected(self):

@@ -770,6 +770,14 @@ class TrainPage(QWidget):
         elif kind == "start":
             log.append(f"started on {ev.get('device')} ×{ev.get('world_size')} ({ev.get('precision')}), "
                        f"{ev.get('trainable_params', 0):,} trainable of {ev.get('total_params', 0):,} parameters")
+        elif kind == "baseline":
+            m = ev.get("metric")
+            scores = [f"{split} {v[m]:.4f}" for split, v in (("validation", ev.get("val")), ("test", ev.get("test")))
+                      if isinstance(v, dict) and isinstance(v.get(m), (int, float))]
+            log.append(f"baseline (logistic regression on the frozen {ev.get('features')} features): {m} "
+                       + ", ".join(scores))
+        elif kind == "refit":
+            log.append(f"refit: {ev.get('steps')} steps on {ev.get('train_examples')} training + validation rows")
         elif kind in ("error", "oom", "oom_retry", "cancelled", "early_stop", "checkpoint", "done", "end"):
             msg = ev.get("message") or ev.get("path") or ""
             log.append(f"{kind}{': ' + str(msg) if msg else ''}")

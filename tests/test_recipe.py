@@ -18,8 +18,10 @@ def _decide(n=500, val=100, labels=None, **kw):
 
 
 def test_small_skewed_data_gets_a_step_budget_macro_f1_and_class_weights():
-    s, notes = _decide(400, 100)
-    assert s.metric == "macro_f1" and s.class_weights == "balanced" and s.head_init == "random"
+    s, notes = _decide(400, 100)  # 70/30
+    assert s.metric == "macro_f1" and s.class_weights == "none" and s.head_init == "random"
+    strong, _ = _decide(400, 100, labels=["a"] * 300 + ["b"] * 80 + ["c"] * 20)  # 75/20/5: weigh the loss
+    assert strong.metric == "macro_f1" and strong.class_weights == "balanced"
     assert s.batch_size == 8 and s.epochs == 6.0  # 50 steps an epoch: 300 steps, twice the fixed recipe's compute
     assert s.eval_every == 25 and s.early_stopping_patience == 6  # 12 validations, stop after 6 without gain
     assert s.lr == 1e-3 and s.head_lr and s.head_lr >= s.lr
@@ -150,8 +152,8 @@ def tiny_lib(lib, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tiny-recipe")
     lib.add_base(tiny_with_tokenizer("bert", d / "bert"), name="tb")
-    rows = sentiment_rows(90)[:70]  # 35/35 ... then skew it: drop most negatives
-    rows = [r for i, r in enumerate(rows) if r["label"] == "pos" or i % 4 == 1]
+    rows = sentiment_rows(90)[:80]  # 40/40 ... then skew it: keep one negative in eight (40/5)
+    rows = [r for i, r in enumerate(rows) if r["label"] == "pos" or i % 8 == 1]
     data = d / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lib.test_data = data  # type: ignore[attr-defined]
@@ -222,3 +224,25 @@ def test_refit_trains_again_on_training_and_validation_rows(tiny_lib):
     assert (exported[k] == refit_w[k]).all() and not all((exported[n] == selected[n]).all() for n in exported)
     with pytest.raises(InvalidInput, match="refit .* needs a validation split"):
         T.train(tiny_lib, spec.replace(name="refit2", val_fraction=0.0))
+
+
+def test_checkpoint_selection_leans_to_the_later_of_checkpoints_within_noise():
+    from adapterstudio.ml.training.worker import noise, select_checkpoint
+
+    assert noise("macro_f1", 0.8, 100) == pytest.approx(0.04)
+    assert noise("loss", 0.3, 100) == 0.0 and noise("accuracy", 0.8, 0) == 0.0
+    progress: dict = {"best": None, "best_step": None, "bad_evals": 0}
+    seen = []
+    for step, value in [(25, 0.70), (50, 0.86), (75, 0.83), (100, 0.79), (125, 0.85), (150, 0.84)]:
+        progress["step"] = step
+        seen.append(select_checkpoint(progress, value, 0.5, "macro_f1", True, 100))
+    # 0.83, 0.85 and 0.84 are within one standard error (~0.035) of the best 0.86: the latest of them is kept;
+    # 0.79 is clearly worse; only 0.86 was a new best, so patience has counted four evaluations since
+    assert [keep for _, keep in seen] == [True, True, True, False, True, True]
+    assert [imp for imp, _ in seen] == [True, True, False, False, False, False]
+    assert progress["best_step"] == 150 and progress["best"] == 0.84 and progress["bad_evals"] == 4
+    loss_progress: dict = {"best": None, "best_step": None, "bad_evals": 0}
+    for step, value in [(1, 0.5), (2, 0.49), (3, 0.495)]:  # loss has no sampling tolerance: lower is kept
+        loss_progress["step"] = step
+        select_checkpoint(loss_progress, value, value, "loss", False, 100)
+    assert loss_progress["best_step"] == 2

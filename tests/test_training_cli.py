@@ -53,7 +53,7 @@ def test_lora_beats_head_on_minilm_with_real_data(cli, home, minilm_path, tmp_pa
     # both are catalogued adapters with lineage; eval reproduces the metrics on a file
     shown = _json(cli("adapter", "show", "vader-lora", "--json"))
     assert shown["source"] == "train" and shown["lineage"]["labels"] == ["negative", "positive"]
-    ev = _json(cli("eval", "vader-lora", "--data", str(data), "--json"))
+    ev = _json(cli("eval", "vader-lora", "--data", str(data), "--json", timeout=300))
     assert set(ev) >= {"accuracy", "macro_f1", "n"} and ev["n"] == 600 and ev["accuracy"] > by["head"]["test"]
 
 

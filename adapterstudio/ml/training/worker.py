@@ -383,15 +383,10 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events, final: 
                          "train_loss": last_loss, **{f"eval_{k}": v for k, v in metrics.items()}}
                 progress["history"].append(entry)
                 value = metrics.get(spec.metric, metrics["loss"])
-                # a tie on the metric (common with small validation splits) goes to the lower validation loss
-                improved = progress["best"] is None or (value > progress["best"] if higher else value < progress["best"]) \
-                    or (value == progress["best"] and metrics["loss"] < progress.get("best_loss", math.inf) - 1e-3)
-                if improved:
-                    progress["best"], progress["best_step"], progress["bad_evals"] = value, step, 0
-                    progress["best_loss"] = metrics["loss"]
+                improved, keep = select_checkpoint(progress, value, metrics["loss"], spec.metric, higher,
+                                                   int(metrics.get("n") or 0))
+                if keep:
                     save_adapter(run_dir / "best")
-                else:
-                    progress["bad_evals"] += 1
                 events("eval", step=step, epoch=entry["epoch"], metrics=metrics, best=progress["best"],
                        best_step=progress["best_step"], improved=improved)
                 if spec.early_stopping_patience and progress["bad_evals"] >= spec.early_stopping_patience:
@@ -569,6 +564,39 @@ def baseline_comparison(spec: Any, baseline: dict[str, Any] | None, final_val: d
             "is the better model here (negative transfer); try more data or epochs, another learning rate, "
             "the head strategy, or save the probe with 'adapterstudio runs save-probe'.")
     return out
+
+
+def noise(metric: str, value: float, n: int) -> float:
+    """About one standard error of a validation *metric* at *value* over *n* examples (0 where unknown).
+
+    Accuracy and macro-F1 on a small split move by this much from sampling alone (the binomial
+    standard error; about 0.04 at 0.8 on 100 rows), so checkpoints that differ by less are a tie."""
+    if metric not in ("accuracy", "macro_f1") or n <= 0 or not 0 <= value <= 1:
+        return 0.0
+    return math.sqrt(max(value * (1 - value), 0.0) / n)
+
+
+def select_checkpoint(progress: dict[str, Any], value: float, loss: float, metric: str, higher: bool,
+                      n: int) -> tuple[bool, bool]:
+    """Track the best validation score and choose the checkpoint to export: (improved, keep this one).
+
+    The one-standard-error rule, leaning to the more trained model: a checkpoint within the metric's
+    sampling noise of the best score so far replaces the kept one (a later checkpoint has seen more
+    steps at a lower learning rate, and a small split cannot tell them apart), though it is not a
+    new best score for early stopping's patience. Updates *progress* in place."""
+    best = progress.get("best_seen", progress.get("best"))
+    sign = 1.0 if higher else -1.0
+    improved = best is None or sign * (value - best) > 0 or (value == best and loss < progress.get("best_loss", math.inf) - 1e-3)
+    if improved:
+        progress["best_seen"] = value
+        best = value
+    tol = noise(metric, best, n)
+    keep = improved or (tol > 0 and sign * (best - value) <= tol)
+    if keep:
+        progress["best"], progress["best_step"], progress["best_loss"] = value, progress["step"], loss
+    # patience counts evaluations without a new best score, whichever checkpoint is kept
+    progress["bad_evals"] = 0 if improved else progress.get("bad_evals", 0) + 1
+    return improved, keep
 
 
 def _load_best(model: Any, best_dir: Path, spec: Any) -> None:

@@ -169,6 +169,9 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=500)
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--out", help="also write the JSON here (and after every run, so a long run can be followed)")
+    ap.add_argument("--reuse", action="append", default=[], metavar="FILE",
+                    help="an earlier output whose trainer-lora rows (which do not depend on AdapterStudio's code) are "
+                         "taken instead of training them again; the row says where it came from")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     strategies = [s for s in args.strategies.split(",") if s]
@@ -181,6 +184,12 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2))
 
+    reused = {}
+    for f in args.reuse:
+        for r in json.loads(Path(f).read_text())["runs"]:
+            if r["strategy"] == "trainer-lora":
+                reused[(r["dataset"], r["seed"])] = {**r, "reused_from": Path(f).name}
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
             for k, seed in enumerate(seeds):
@@ -189,6 +198,9 @@ def main() -> None:
                 lora_res = None
                 for s in strategies:
                     if s == "probe" or (k > 0 and s in one_seed):
+                        continue
+                    if s == "trainer-lora" and (name, seed) in reused:
+                        runs.append(reused[(name, seed)])
                         continue
                     t0 = time.time()
                     res = run_trainer(train, test, seed) if s == "trainer-lora" else run_ours(s, train, test, seed, work)

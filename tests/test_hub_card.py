@@ -40,6 +40,21 @@ def test_card_front_matter_is_what_peft_and_the_hub_expect(lib, adapter):
     assert card_errors(card) == []
 
 
+def test_the_card_says_how_the_adapter_did_against_its_frozen_feature_baseline(lib, adapter):
+    baseline = {"kind": "probe", "features": "pooled", "metric": "macro_f1", "val": {"macro_f1": 0.8},
+                "test": {"macro_f1": 0.79}}
+    adapter.lineage.update(baseline=baseline, baseline_metric=0.79, gain_over_baseline=0.04, baseline_split="test")
+    card = hub.make_card(lib, adapter, BASE_ID)
+    assert "## Against the frozen-feature baseline" in card
+    assert "scored 0.7900 macro-F1 on the test split" in card and "lora beats the baseline by +0.0400 macro-F1" in card
+    assert card_errors(card) == []
+    adapter.lineage.update(gain_over_baseline=-0.11, baseline_warning="lora scored 0.680 macro-F1 on the test split, "
+                           "below the frozen-feature baseline's 0.790: the baseline is the better model here")
+    assert "- WARNING: lora scored 0.680 macro-F1" in hub.make_card(lib, adapter, BASE_ID)
+    adapter.lineage.pop("baseline")
+    assert "frozen-feature baseline" not in hub.make_card(lib, adapter, BASE_ID)
+
+
 def test_a_hub_dataset_id_goes_on_the_card(lib, adapter):
     adapter.lineage["dataset"] = {"name": "stanfordnlp/imdb", "path": "", "rows": 10}
     meta, _ = parse_card(hub.make_card(lib, adapter, BASE_ID))

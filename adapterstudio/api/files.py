@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import PurePosixPath
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")
+# the pickle suffixes live in core.peft_format (a local import refuses the same files a pull does)
+from adapterstudio.core.peft_format import PICKLE_SUFFIXES
+from adapterstudio.core.peft_format import is_pickle as is_pickle  # re-exported for providers
 # Safe, data-only files an adapter repository holds (weights, configs, cards, tokenizer files).
 SAFE_SUFFIXES = (".safetensors", ".json", ".md", ".txt", ".model", ".jinja", ".yaml", ".yml")
-
-
-def is_pickle(path: str) -> bool:
-    return PurePosixPath(path).suffix.lower() in PICKLE_SUFFIXES
 
 
 def wanted(path: str, allow_pickle: bool = False) -> bool:

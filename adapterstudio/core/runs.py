@@ -37,6 +37,10 @@ except ImportError:  # Windows: no flock; runs fall back to the supervisor's pid
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 RESUMABLE = ("failed", "cancelled", "interrupted")
+FINISHED = ("succeeded", *RESUMABLE)  # nothing runs it any more
+# The training worker's exit codes besides 0 (done) and 1 (an error event says why):
+EXIT_CANCELLED = 3  # stopped on request after checkpointing
+EXIT_OOM = 75  # out of memory: the supervisor halves the micro-batch and resumes
 LOCK_FILE = "supervisor.lock"
 WORKER_LOCK = "worker.lock"
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")

@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import Incompatible, InvalidInput, NotFound
+from adapterstudio.core.peft_format import LINEAGE_TASKS
 
 if TYPE_CHECKING:
     from adapterstudio.ml.inference.session import InferenceSession
     from adapterstudio.services.library import Library
 
-LINEAGE_TASKS = {"seq-cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal-lm": "CAUSAL_LM",
-                 "token-cls": "TOKEN_CLS", "image-cls": "IMAGE_CLS"}
 HEAD_SUFFIXES = ("classifier.out_proj.weight", "score.weight", "classifier.weight")
 
 

@@ -40,23 +40,11 @@ import torch
 
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import Incompatible, InvalidInput, NotFound
+from adapterstudio.core.peft_format import LINEAGE_TASKS, PROMPT_LEARNING_TYPES, TASK_CLASSES
 from adapterstudio.ml.inference.weights import RawTensor, read_safetensors, read_st_header
 
 BASE = "__base__"
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-TASK_CLASSES = {
-    "SEQ_CLS": "AutoModelForSequenceClassification",
-    "CAUSAL_LM": "AutoModelForCausalLM",
-    "TOKEN_CLS": "AutoModelForTokenClassification",
-    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
-    "QUESTION_ANS": "AutoModelForQuestionAnswering",
-    "FEATURE_EXTRACTION": "AutoModel",
-    "IMAGE_CLS": "AutoModelForImageClassification",
-}
-LINEAGE_TASKS = {"seq-cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal-lm": "CAUSAL_LM",
-                 "token-cls": "TOKEN_CLS", "image-cls": "IMAGE_CLS"}
-PROMPT_LEARNING = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"}
 
 
 # -- device and dtype --------------------------------------------------------------------
@@ -816,7 +804,7 @@ class InferenceSession:
         except AttributeError:
             pass
         if getattr(self._peft, "active_adapter", None) != first and hasattr(self._peft, "set_adapter") and \
-                self._family in PROMPT_LEARNING:
+                self._family in PROMPT_LEARNING_TYPES:
             self._peft.set_adapter(first)
         # scalings: blend weights multiply each slot's own alpha/r
         for n, pn in self._resident.items():
@@ -931,7 +919,7 @@ class InferenceSession:
             if self._mode[0] == "base" and self._peft is not None:
                 if self._compiled is not None:
                     raise InvalidInput("A compiled session always runs an adapter; use an uncompiled one for the base.")
-                if self._family in PROMPT_LEARNING:
+                if self._family in PROMPT_LEARNING_TYPES:
                     with self._peft.disable_adapter():
                         out = self._peft(**batch)
                     self._apply_mode()
@@ -1097,7 +1085,7 @@ class InferenceSession:
                     with torch.inference_mode():
                         if p.seed is not None:
                             torch.manual_seed(int(p.seed))
-                        if self._mode[0] == "base" and self._peft is not None and self._family in PROMPT_LEARNING:
+                        if self._mode[0] == "base" and self._peft is not None and self._family in PROMPT_LEARNING_TYPES:
                             with self._peft.disable_adapter():
                                 model.generate(**batch, **kw, streamer=streamer,
                                                stopping_criteria=StoppingCriteriaList([stopper]))

@@ -132,7 +132,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
             return 0
         results = []
-        for x, pr in zip(inputs, prompts):
+        for x, pr in zip(inputs, prompts, strict=True):
             results.append({"input": x, "output": inf.generate(pr, **params)})
         out["results"] = results
         emit(args, out, lambda: "\n---\n".join(r["output"] for r in results))

@@ -17,6 +17,7 @@ worker runs or is being started.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -164,7 +165,7 @@ class RunStore:
             sql += f" LIMIT {int(limit)}"
         return [self._mark_dead(self._row(r)) for r in self.cat.conn.execute(sql, args)]
 
-    def queue(self) -> list[RunRecord]:
+    def queue(self) -> builtins.list[RunRecord]:  # builtins: the method list() shadows it here
         return [self._row(r) for r in self.cat.conn.execute(
             self._SELECT + " WHERE r.status = 'queued' ORDER BY r.queue_position, r.created_at")]
 

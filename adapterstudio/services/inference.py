@@ -219,10 +219,10 @@ class Inference:
                     sess.use(a)
                     outs.append(sess.generate(prompt, _params(GenerationParams, params)))
                 self._current = sess
-                return dict(zip(keys, outs))
+                return dict(zip(keys, outs, strict=True))
             texts = [prompt] * len(adapters) if isinstance(prompt, str) else prompt
             res = sess.classify(texts, adapter_names=list(adapters))  # one batch, one adapter per row
-            return dict(zip(keys, res))
+            return dict(zip(keys, res, strict=False))
 
     def stop(self) -> None:
         """Stop a running generation (from any thread)."""
@@ -285,7 +285,7 @@ def export_merged(lib: Library, adapters: dict[str, float] | str, dest: str | Pa
     task = tasks.pop()
     n = adapter_num_labels(recs[0]) if task in ("SEQ_CLS", "TOKEN_CLS", "IMAGE_CLS") else None
     lineage = recs[0].lineage or {}
-    return merge_to_folder(base.path, [(r.name, r.path, w) for r, w in zip(recs, weights.values())], dest,
+    return merge_to_folder(base.path, [(r.name, r.path, w) for r, w in zip(recs, weights.values(), strict=True)], dest,
                            task=task, num_labels=n, labels=lineage.get("labels"),
                            chat_template=lineage.get("chat_template"),
                            dtype=precision or lib.settings.precision, ctx=ctx)

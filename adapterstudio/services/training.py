@@ -24,6 +24,7 @@ where tests kill the process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import secrets
@@ -44,6 +45,8 @@ from adapterstudio.core.fsutil import atomic_write_text, fsync_dir
 from adapterstudio.core.runs import (EXIT_CANCELLED, EXIT_OOM, RUN_ID_RE, RunLock, RunRecord, RunStore, latest_checkpoint, lock_holder, run_liveness,
                                      worker_holder)
 from adapterstudio.ml.training.spec import TrainingSpec, estimate_memory
+
+log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 120.0
 TMP_PREFIX = ".tmp-"  # a run folder being written; renamed to runs/<id> once complete
@@ -176,8 +179,9 @@ def _device_memory(spec: TrainingSpec) -> tuple[str, int | None]:
             if torch.cuda.is_available():
                 free, _ = torch.cuda.mem_get_info()
                 return torch.cuda.get_device_name(0), int(free)
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001  (a broken CUDA/driver: the estimate falls back to host RAM, logged)
+            log.warning("the CUDA memory probe failed (%s: %s); the memory estimate is against host RAM instead",
+                        type(exc).__name__, exc)
     try:
         import psutil
 

@@ -985,7 +985,7 @@ class InferenceSession:
                     toks = self.tokenizer.convert_ids_to_tokens(ids.tolist())  # type: ignore[union-attr]
                     out.append({"input": text, "adapter": name, "tokens": [
                         {"token": t, "label": _label(labels, int(p.argmax())), "probability": float(p.max())}
-                        for t, p in zip(toks, probs)]})
+                        for t, p in zip(toks, probs, strict=True)]})
             return out
 
     # -- generation ---------------------------------------------------------------------
@@ -1018,7 +1018,7 @@ class InferenceSession:
         try:
             return self.tokenizer.apply_chat_template(messages, chat_template=tpl, tokenize=False,
                                                       add_generation_prompt=True)
-        except Exception as exc:  # a broken template is the user's data, not our bug
+        except Exception as exc:  # noqa: BLE001  (a broken template is the user's data: re-raised as a sentence)
             raise InvalidInput(f"The chat template could not be applied: {exc}") from None
 
     def stop(self) -> None:
@@ -1092,7 +1092,7 @@ class InferenceSession:
                         else:
                             model.generate(**batch, **kw, streamer=streamer,
                                            stopping_criteria=StoppingCriteriaList([stopper]))
-                except BaseException as exc:  # surfaced to the consumer below
+                except BaseException as exc:  # noqa: BLE001  (re-raised in the consuming thread below)
                     error.append(exc)
                     streamer.end()
 
@@ -1150,7 +1150,7 @@ class InferenceSession:
                 raise InvalidInput("generate_batch needs one adapter name (or None) per prompt.")
             if self.tokenizer is None or self.task != "CAUSAL_LM":
                 raise InvalidInput("Batched generation needs a causal-LM base with a tokenizer.")
-            texts = [self.format_chat(x, n) if isinstance(x, list) else x for x, n in zip(prompts, adapter_names)]
+            texts = [self.format_chat(x, n) if isinstance(x, list) else x for x, n in zip(prompts, adapter_names, strict=True)]
             side = self.tokenizer.padding_side
             self.tokenizer.padding_side = "left"
             try:

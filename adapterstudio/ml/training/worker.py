@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterstudio.core import events as run_events
-from adapterstudio.core.runs import EXIT_CANCELLED, EXIT_OOM
+from adapterstudio.core.runs import EXIT_CANCELLED, EXIT_OOM, latest_checkpoint
 
 
 class Events:
@@ -67,15 +67,12 @@ def choose_precision(spec: Any, device_type: str) -> str:
     return "no"  # CPU/MPS: fp32 (CPU autocast is rarely faster for training)
 
 
-from adapterstudio.core.runs import latest_checkpoint  # noqa: E402,F401  (used below and by callers)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir = Path(argv[0]).resolve()
     from adapterstudio.core.runs import hold_worker_lock
 
-    _worker_lock = hold_worker_lock(run_dir)  # noqa: F841  (held until this process ends: tells apps the worker lives)
+    _worker_lock = hold_worker_lock(run_dir)  # (held until this process ends: tells apps the worker lives)
     from adapterstudio.ml.training.spec import TrainingSpec
 
     spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")
@@ -87,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             return train(spec, job, run_dir, events)
         rc = train(spec, job, run_dir, events, final=False)
         return rc if rc != 0 else refit(spec, job, run_dir, events)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (the worker's last word: an error event with the traceback, exit 1)
         import traceback
 
         from adapterstudio.core.errors import UserError

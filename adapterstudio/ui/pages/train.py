@@ -37,8 +37,8 @@ _ROOT = QModelIndex()
 
 def training_available() -> bool:
     try:
-        import adapterstudio.ml.training.spec  # noqa: F401
-        import adapterstudio.services.training  # noqa: F401
+        import adapterstudio.ml.training.spec  # probing: is the training extra importable
+        import adapterstudio.services.training  # noqa: F401  (probing)
     except ImportError:
         return False
     return True
@@ -551,7 +551,7 @@ class TrainPage(QWidget):
             return None
         try:
             spec = self.spec_dict()
-        except Exception as exc:  # a half-typed field: say so where the estimate goes
+        except Exception as exc:  # noqa: BLE001  (a half-typed field: shown where the estimate goes)
             self.estimate_label.setText(str(exc))
             return None
         return self.session.run(t_estimate, spec, label="estimate memory", on_result=self._estimated,

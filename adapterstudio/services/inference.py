@@ -117,7 +117,7 @@ class Inference:
             for (t, n), sess in self._sessions.items():
                 if (task is None or t == task) and (num_labels is None or n == num_labels):
                     return sess
-            sess = InferenceSession(self.base.path, task=task, num_labels=num_labels, device=self.device,
+            sess = InferenceSession(str(self.base.path), task=task, num_labels=num_labels, device=self.device,
                                     dtype=self.precision, max_resident=self.max_resident, max_host=self.max_host,
                                     base_name=self.base.name, ctx=ctx or self._ctx)
             self._sessions[(sess.task, num_labels)] = sess
@@ -220,7 +220,7 @@ class Inference:
                     outs.append(sess.generate(prompt, _params(GenerationParams, params)))
                 self._current = sess
                 return dict(zip(keys, outs, strict=True))
-            texts = [prompt] * len(adapters) if isinstance(prompt, str) else prompt
+            texts: list[Any] = [prompt] * len(adapters) if isinstance(prompt, str) else prompt
             res = sess.classify(texts, adapter_names=list(adapters))  # one batch, one adapter per row
             return dict(zip(keys, res, strict=False))
 
@@ -284,6 +284,8 @@ def export_merged(lib: Library, adapters: dict[str, float] | str, dest: str | Pa
         raise InvalidInput("Adapters to blend must be for the same task.")
     task = tasks.pop()
     n = adapter_num_labels(recs[0]) if task in ("SEQ_CLS", "TOKEN_CLS", "IMAGE_CLS") else None
+    if not base.path:
+        raise NotFound(f"Base model {base.name!r} is not on this machine; merging needs its weights.")
     lineage = recs[0].lineage or {}
     return merge_to_folder(base.path, [(r.name, r.path, w) for r, w in zip(recs, weights.values(), strict=True)], dest,
                            task=task, num_labels=n, labels=lineage.get("labels"),

@@ -278,7 +278,7 @@ def sweep_leftovers(lib: Any, grace_s: float = LEFTOVER_GRACE_S) -> list[Path]:
     runs_dir = lib.catalogue.runs_dir
     known = {r[0] for r in lib.catalogue.conn.execute("SELECT id FROM runs")}
     now = time.time()
-    gone = []
+    gone: list[Path] = []
     try:
         entries = list(runs_dir.iterdir())
     except OSError:  # no runs folder yet: nothing to sweep
@@ -889,7 +889,7 @@ def compare(lib: Any, spec: TrainingSpec, strategies: list[str], ctx: TaskContex
     first = [resolve_spec(lib, spec.replace(name=f"{prefix}-{s}", strategy=s))[0] for s in strategies][0]
     shared = lib.root / "runs" / f".compare-{prefix}"
     prepare(first).write(shared)  # one split for all strategies
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         for s in strategies:
             ctx.check_cancelled()

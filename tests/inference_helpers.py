@@ -22,7 +22,7 @@ def _perturb(model, seed: int, scale: float = 0.2) -> None:
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
 

@@ -279,3 +279,21 @@ def test_adapter_named_after_loaded_modules_fits(lib, tmp_path):
     other.save_pretrained(str(tmp_path / "narrow-lora"))
     with pytest.raises(Incompatible, match="input size 32"):
         lib.import_adapter(tmp_path / "narrow-lora", "narrow", base="tiny-vit")
+
+
+def test_local_import_leaves_pickles_behind_unless_allowed(lib, minilm_path, peft_adapters, tmp_path):
+    """Every suffix a Hub pull refuses (core.peft_format.PICKLE_SUFFIXES, .pickle included, any case) is
+    left out of a local import too; --allow-pickle copies them."""
+    from adapterstudio.api.files import wanted
+    from adapterstudio.core.peft_format import PICKLE_SUFFIXES
+
+    lib.add_base(minilm_path, "minilm", compute_hash=False)
+    d = _copy(peft_adapters["lora"], tmp_path / "with-pickles")
+    extras = [f"extra{s}" for s in PICKLE_SUFFIXES] + ["state.PICKLE"]
+    for name in extras:
+        (d / name).write_bytes(b"\x80\x04K\x01.")  # a real pickle of the int 1
+    assert not any(wanted(name) for name in extras)  # what a pull would not download
+    kept = {f.relpath for f in lib.import_adapter(d, "no-pickles").files}
+    assert "adapter_model.safetensors" in kept and not kept & set(extras), kept
+    kept = {f.relpath for f in lib.import_adapter(d, "pickles", allow_pickle=True).files}
+    assert set(extras) <= kept, kept

@@ -4,7 +4,6 @@ against the loopback Hub (tests/hubserver.py): login, push, search, pull, faults
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,7 @@ def no_token_in_files(*roots: Path) -> None:
                 assert TOKEN.encode() not in p.read_bytes(), f"token written to {p}"
 
 
-def test_login_push_search_pull_round_trip(cli, catalogue, hub, tmp_path):  # noqa: F811
+def test_login_push_search_pull_round_trip(cli, catalogue, hub, tmp_path):
     lib = catalogue
     # login: the token goes to huggingface_hub's store under HF_HOME, never to the output
     res = run(cli, hub, tmp_path, "hub", "login", "--token-stdin", "--json", token=None, input=TOKEN + "\n")
@@ -104,7 +103,7 @@ def test_login_push_search_pull_round_trip(cli, catalogue, hub, tmp_path):  # no
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_a_wrong_token_is_reported_in_one_sentence(cli, lib, hub, tmp_path):  # noqa: F811
+def test_a_wrong_token_is_reported_in_one_sentence(cli, lib, hub, tmp_path):
     wrong = "hf_wrongTOKEN_123456"
     res = run(cli, hub, tmp_path, "hub", "whoami", token=wrong)
     assert res.returncode == 1
@@ -116,7 +115,7 @@ def test_a_wrong_token_is_reported_in_one_sentence(cli, lib, hub, tmp_path):  # 
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_push_refuses_a_base_without_hub_id(cli, lib, minilm_path, peft_adapters, hub, tmp_path):  # noqa: F811
+def test_push_refuses_a_base_without_hub_id(cli, lib, minilm_path, peft_adapters, hub, tmp_path):
     lib.add_base(minilm_path, name="minilm", compute_hash=False)  # no --hub-id
     lib.import_adapter(peft_adapters["lora"], "sent-lora", base="minilm")
     res = run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/x")
@@ -131,7 +130,7 @@ def test_push_refuses_a_base_without_hub_id(cli, lib, minilm_path, peft_adapters
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_dropped_downloads_leave_nothing_imported_then_resume(cli, catalogue, hub, tmp_path):  # noqa: F811
+def test_dropped_downloads_leave_nothing_imported_then_resume(cli, catalogue, hub, tmp_path):
     ok_json(run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/flaky", "--json"))
     hub.faults.drop_download = 100  # every attempt breaks off half-way (more than the client's retries)
     res = run(cli, hub, tmp_path, "hub", "pull", f"{USER}/flaky", "--name", "flaky")
@@ -146,7 +145,7 @@ def test_dropped_downloads_leave_nothing_imported_then_resume(cli, catalogue, hu
     assert (Path(a.path) / "adapter_model.safetensors").read_bytes() == (Path(b.path) / "adapter_model.safetensors").read_bytes()
 
 
-def _dropped_upload_publishes_nothing(cli, hub, tmp_path):  # noqa: F811
+def _dropped_upload_publishes_nothing(cli, hub, tmp_path):
     hub.faults.drop_upload = 100  # every upload request breaks off half-way
     res = run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/dropped")
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -159,18 +158,18 @@ def _dropped_upload_publishes_nothing(cli, hub, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_a_dropped_upload_publishes_nothing(cli, catalogue, hub, tmp_path):  # noqa: F811
+def test_a_dropped_upload_publishes_nothing(cli, catalogue, hub, tmp_path):
     _dropped_upload_publishes_nothing(cli, hub, tmp_path)
 
 
 @pytest.mark.slow  # huggingface_hub backs off for ~25 s before giving up on an LFS upload
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_a_dropped_lfs_upload_publishes_nothing(cli, catalogue, hub, tmp_path):  # noqa: F811
+def test_a_dropped_lfs_upload_publishes_nothing(cli, catalogue, hub, tmp_path):
     _dropped_upload_publishes_nothing(cli, hub, tmp_path)
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_a_dropped_lfs_upload_is_retried_and_arrives_intact(cli, catalogue, hub, tmp_path):  # noqa: F811
+def test_a_dropped_lfs_upload_is_retried_and_arrives_intact(cli, catalogue, hub, tmp_path):
     hub.faults.drop_upload = 1
     ok_json(run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/retried", "--json"))
     puts = [r for r in hub.requests if r["method"] == "PUT"]
@@ -180,7 +179,7 @@ def test_a_dropped_lfs_upload_is_retried_and_arrives_intact(cli, catalogue, hub,
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_pull_refuses_pickle_and_incompatible_adapters_without_importing(cli, catalogue, hub, tmp_path):  # noqa: F811
+def test_pull_refuses_pickle_and_incompatible_adapters_without_importing(cli, catalogue, hub, tmp_path):
     from adapterstudio.api import ProviderConfig
     from adapterstudio.api.registry import load_provider
     from adapterstudio.api.testing import write_adapter_folder
@@ -198,7 +197,7 @@ def test_pull_refuses_pickle_and_incompatible_adapters_without_importing(cli, ca
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_pull_without_the_base_says_how_to_add_it(cli, lib, peft_adapters, hub, tmp_path):  # noqa: F811
+def test_pull_without_the_base_says_how_to_add_it(cli, lib, peft_adapters, hub, tmp_path):
     from adapterstudio.api import ProviderConfig
     from adapterstudio.api.registry import load_provider
 
@@ -256,7 +255,7 @@ def test_folder_provider_through_the_cli(cli, catalogue, tmp_path):
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_base_fetch_downloads_a_base_registered_by_hub_id(cli, lib, hub, tmp_path):  # noqa: F811
+def test_base_fetch_downloads_a_base_registered_by_hub_id(cli, lib, hub, tmp_path):
     from huggingface_hub import HfApi
 
     from tests.helpers import tiny_model
@@ -278,7 +277,7 @@ def test_base_fetch_downloads_a_base_registered_by_hub_id(cli, lib, hub, tmp_pat
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_a_pull_broken_off_resumes_on_the_next_run(lib, hub, tmp_path, monkeypatch):  # noqa: F811
+def test_a_pull_broken_off_resumes_on_the_next_run(lib, hub, tmp_path, monkeypatch):
     """A big adapter: huggingface_hub resumes with Range within a run, and the staged partial
     file lets the next run continue where the last one stopped; the catalogue only changes at the end."""
     import numpy as np
@@ -312,7 +311,7 @@ def test_a_pull_broken_off_resumes_on_the_next_run(lib, hub, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_a_card_the_hub_rejects_stops_the_push_before_upload(cli, catalogue, hub, tmp_path):  # noqa: F811
+def test_a_card_the_hub_rejects_stops_the_push_before_upload(cli, catalogue, hub, tmp_path):
     hub.state.card_rules = ['"license" is required by this hub']
     res = run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/strict")
     assert res.returncode == 1 and "model card" in res.stderr and "license" in res.stderr

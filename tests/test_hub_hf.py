@@ -14,11 +14,11 @@ class TestHuggingFaceContract(ProviderContract):
     namespace = USER
 
     @pytest.fixture
-    def provider(self, hub):  # noqa: F811
+    def provider(self, hub):
         return load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=TOKEN))
 
 
-def test_weights_travel_as_lfs_only_in_lfs_mode(hub, make_adapter_folder):  # noqa: F811
+def test_weights_travel_as_lfs_only_in_lfs_mode(hub, make_adapter_folder):
     p = load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=TOKEN))
     p.push(make_adapter_folder(), f"{USER}/modes")
     files = {f.path: f for f in p.show(f"{USER}/modes").files}
@@ -28,7 +28,7 @@ def test_weights_travel_as_lfs_only_in_lfs_mode(hub, make_adapter_folder):  # no
     assert bool(puts) is (hub.state.upload_mode == "lfs")
 
 
-def test_a_dropped_download_is_resumed_and_verified(hub, make_adapter_folder, tmp_path):  # noqa: F811
+def test_a_dropped_download_is_resumed_and_verified(hub, make_adapter_folder, tmp_path):
     p = load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=TOKEN))
     src = make_adapter_folder()
     p.push(src, f"{USER}/flaky")
@@ -39,7 +39,7 @@ def test_a_dropped_download_is_resumed_and_verified(hub, make_adapter_folder, tm
     assert len(gets) == 2 and gets[0]["status"] < 0  # the first broke off, the second completed
 
 
-def test_a_wrong_token_is_one_sentence_without_the_token(hub, make_adapter_folder):  # noqa: F811
+def test_a_wrong_token_is_one_sentence_without_the_token(hub, make_adapter_folder):
     wrong = "hf_wrongTOKEN_zz9Kq1"
     p = load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=wrong))
     status = p.auth_status()
@@ -65,7 +65,7 @@ def test_an_unreachable_hub_is_a_network_error(make_adapter_folder, monkeypatch)
         p.show("alice/anything")
 
 
-def test_card_validation_uses_the_hub(hub):  # noqa: F811
+def test_card_validation_uses_the_hub(hub):
     p = load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=TOKEN))
     assert p.validate_card("---\nlibrary_name: peft\nbase_model: org/base\n---\n") == []
     errors = p.validate_card("---\nlibrary_name: peft\nbase_model: /home/me/models/base\n---\n")
@@ -74,7 +74,7 @@ def test_card_validation_uses_the_hub(hub):  # noqa: F811
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_private_repos_are_hidden_from_others(hub, make_adapter_folder, tmp_path):  # noqa: F811
+def test_private_repos_are_hidden_from_others(hub, make_adapter_folder, tmp_path):
     owner = load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=TOKEN))
     owner.push(make_adapter_folder(), f"{USER}/secret", private=True)
     assert owner.show(f"{USER}/secret").adapter.private is True
@@ -87,7 +87,7 @@ def test_private_repos_are_hidden_from_others(hub, make_adapter_folder, tmp_path
         other.pull(f"{USER}/secret", tmp_path / "x")
 
 
-def test_the_token_never_reaches_the_logs(hub, make_adapter_folder, tmp_path, caplog):  # noqa: F811
+def test_the_token_never_reaches_the_logs(hub, make_adapter_folder, tmp_path, caplog):
     import logging
 
     p = load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=TOKEN))

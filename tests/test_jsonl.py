@@ -50,3 +50,25 @@ def test_prepared_splits_round_trip_hostile_text(tmp_path):
     assert back.train == prepared.train and back.validation == prepared.validation
     assert sum(len(s) for s in (back.train, back.validation)) == 40
     assert json.loads((tmp_path / "prep" / "meta.json").read_text())["sizes"]["train"] == len(back.train)
+
+
+def test_run_events_append_tail_and_series(tmp_path):
+    """core.events: one writer and reader of RUN_DIR/events.jsonl (the worker, the supervisor, the UI)."""
+    from adapterstudio.core import events
+
+    line = events.append(tmp_path, "step", step=1, total_steps=2, loss=0.5, note="caf\u00e9\u2028")
+    assert line.isascii() and json.loads(line)["note"] == "caf\u00e9\u2028"
+    got, off = events.read_since(tmp_path, 0)
+    assert [(e["event"], e["step"], e["loss"]) for e in got] == [("step", 1, 0.5)] and isinstance(got[0]["time"], float)
+    events.append(tmp_path, "eval", step=2, epoch=1, metrics={"accuracy": 0.75, "loss": 0.4, "n": 8, "ok": True})
+    with events.events_path(tmp_path).open("a", encoding="utf-8") as fh:
+        fh.write('{"event": "step", "st')  # a line still being written
+    got, off2 = events.read_since(tmp_path, off)
+    assert [e["event"] for e in got] == ["eval"] and off2 < events.events_path(tmp_path).stat().st_size
+    assert events.series(tmp_path) == {"train_loss": ([1.0], [0.5]), "eval_accuracy": ([2.0], [0.75]),
+                                       "eval_loss": ([2.0], [0.4])}
+    assert events.read_since(tmp_path / "none", 0) == ([], 0) and events.series(tmp_path / "none") == {}
+    # a field may be called "kind" or "run_dir" (the worker's error events have kind=...)
+    (tmp_path / "other").mkdir()
+    events.append(tmp_path / "other", "error", kind="internal", run_dir="x")
+    assert events.read(tmp_path / "other")[0]["kind"] == "internal"

@@ -175,13 +175,13 @@ def test_causal_lm_chat_loss_on_answers_only(lib, models, tmp_path):
     msgs = [{"role": "user", "content": "say hi"}, {"role": "assistant", "content": "hello there"},
             {"role": "user", "content": "again"}, {"role": "assistant", "content": "hi"}]
     ex = M._encode_lm({"messages": msgs}, tok, 256)
-    trained = [t for t, y in zip(ex["input_ids"], ex["labels"]) if y != M.IGNORE]
+    trained = [t for t, y in zip(ex["input_ids"], ex["labels"], strict=True) if y != M.IGNORE]
     text = tok.decode(trained)
     assert text.replace(" ", "").startswith("hellothere") and "say" not in text and "again" not in text
     assert "hi" in text.replace("hellothere", "") and ex["labels"][0] == M.IGNORE
     # instruction/response pairs without a template still mask the prompt
     ex2 = M._encode_lm({"prompt": "2+2?", "response": "4"}, tok, 64)
-    assert tok.decode([t for t, y in zip(ex2["input_ids"], ex2["labels"]) if y != M.IGNORE]).strip().startswith("4")
+    assert tok.decode([t for t, y in zip(ex2["input_ids"], ex2["labels"], strict=True) if y != M.IGNORE]).strip().startswith("4")
     # a full run records the chat template and perplexity
     lib.add_base(models["llama"], name="tl")
     data = tmp_path / "chat.jsonl"
@@ -233,7 +233,7 @@ def test_token_chunks_split_long_micro_batches_within_the_budget():
         order = sorted(range(9), key=lambda i: -ls[i])
         best = min(cost(parts, ls) for cuts in itertools.product([0, 1], repeat=8)
                    for parts in [[order[a:b] for a, b in zip([0] + [k + 1 for k in range(8) if cuts[k]],
-                                                              [k + 1 for k in range(8) if cuts[k]] + [9])]]
+                                                              [k + 1 for k in range(8) if cuts[k]] + [9], strict=True)]]
                    if all(len(c) == 1 or len(c) * ls[c[0]] <= 512 for c in parts))
         assert cost(got, ls) == best
 

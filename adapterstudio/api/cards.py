@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+from adapterstudio.core.peft_format import HUB_ID as HUB_ID  # re-exported: providers match repository ids with it
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import PurePosixPath
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")
+# the pickle suffixes live in core.peft_format (a local import refuses the same files a pull does)
+from adapterstudio.core.peft_format import PICKLE_SUFFIXES
+from adapterstudio.core.peft_format import is_pickle as is_pickle  # re-exported for providers
 # Safe, data-only files an adapter repository holds (weights, configs, cards, tokenizer files).
 SAFE_SUFFIXES = (".safetensors", ".json", ".md", ".txt", ".model", ".jinja", ".yaml", ".yml")
-
-
-def is_pickle(path: str) -> bool:
-    return PurePosixPath(path).suffix.lower() in PICKLE_SUFFIXES
 
 
 def wanted(path: str, allow_pickle: bool = False) -> bool:
@@ -23,10 +22,8 @@ def wanted(path: str, allow_pickle: bool = False) -> bool:
     return suffix in SAFE_SUFFIXES or (allow_pickle and suffix in PICKLE_SUFFIXES)
 
 
-def git_blob_oid(data_path) -> str:
+def git_blob_oid(data_path: str | os.PathLike[str]) -> str:
     """The git blob id (SHA-1 of ``blob <size>\\0`` + content) of a file, as git hubs report it."""
-    import os
-
     size = os.path.getsize(data_path)
     h = hashlib.sha1(f"blob {size}\0".encode())
     with open(data_path, "rb") as fh:
@@ -35,7 +32,7 @@ def git_blob_oid(data_path) -> str:
     return h.hexdigest()
 
 
-def sha256_of(data_path) -> str:
+def sha256_of(data_path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(data_path, "rb") as fh:
         while chunk := fh.read(1 << 20):

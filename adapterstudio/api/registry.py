@@ -8,13 +8,17 @@ is listed with its error instead of stopping the app.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from adapterstudio.api import ENTRY_POINT_GROUP, HubProvider, ProviderConfig
 from adapterstudio.core.errors import NotFound, UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,7 +43,9 @@ class ProviderEntry:
 def _entry_points(group: str) -> list[metadata.EntryPoint]:
     try:
         return list(metadata.entry_points(group=group))
-    except Exception:  # a broken distribution's metadata must not stop discovery
+    except Exception as exc:  # noqa: BLE001  (a broken distribution's metadata must not stop discovery: logged)
+        log.warning("the installed packages' entry points for %s could not be read (%s: %s); no providers from them",
+                    group, type(exc).__name__, exc)
         return []
 
 
@@ -62,7 +68,7 @@ def discover(group: str = ENTRY_POINT_GROUP, disabled: list[str] | tuple[str, ..
                 if not callable(factory):
                     raise TypeError(f"{ep.value} is not callable")
                 entry.factory = factory
-            except BaseException as exc:  # noqa: BLE001  (a plugin may raise anything, even SystemExit)
+            except BaseException as exc:  # a plugin may raise anything, even SystemExit (recorded as its error)
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 entry.error = _one_line(exc)
@@ -89,10 +95,10 @@ def load_provider(name: str, config: ProviderConfig | None = None, *, group: str
     if found.error:
         raise UserError(f"The hub provider {name!r} ({found.value}) is broken: {found.error}.")
     try:
-        provider = found.factory(config or ProviderConfig())  # type: ignore[misc]
+        provider: HubProvider = found.factory(config or ProviderConfig())  # type: ignore[misc]
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # a plugin may raise anything: re-raised as a UserError sentence
         raise UserError(f"The hub provider {name!r} could not start: {_one_line(exc)}.") from exc
     problems = check_provider(provider)
     if problems:

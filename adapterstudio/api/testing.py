@@ -28,7 +28,8 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -65,7 +66,7 @@ def write_adapter_folder(folder: Path, *, base_model: str = "contract-org/tiny-b
 
 
 @pytest.fixture
-def make_adapter_folder(tmp_path_factory) -> Callable[..., Path]:
+def make_adapter_folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``make_adapter_folder(base_model=..., seed=..., pickle_only=...)`` -> a fresh adapter folder."""
 
     def make(**kwargs: Any) -> Path:
@@ -102,7 +103,7 @@ class ProviderContract:
         assert status.logged_in, "the provider fixture must be authenticated for writing"
 
     # -- round trips ---------------------------------------------------------------
-    def test_push_show_pull_is_byte_identical(self, provider: HubProvider, make_adapter_folder, tmp_path) -> None:
+    def test_push_show_pull_is_byte_identical(self, provider: HubProvider, make_adapter_folder: Callable[..., Path], tmp_path: Path) -> None:
         src = make_adapter_folder()
         rid = self.repo_id()
         pushed = provider.push(src, rid, message="first upload")
@@ -121,7 +122,7 @@ class ProviderContract:
             or result.revision.startswith(pushed.revision)
         assert _files(tmp_path / "pulled") == _files(src)
 
-    def test_new_revision_keeps_the_old_one(self, provider: HubProvider, make_adapter_folder, tmp_path) -> None:
+    def test_new_revision_keeps_the_old_one(self, provider: HubProvider, make_adapter_folder: Callable[..., Path], tmp_path: Path) -> None:
         rid = self.repo_id()
         first = provider.push(make_adapter_folder(seed=1), rid, message="v1")
         second_src = make_adapter_folder(seed=2)
@@ -134,7 +135,7 @@ class ProviderContract:
             old = _files(tmp_path / "old")
             assert old["adapter_model.safetensors"] != _files(second_src)["adapter_model.safetensors"]
 
-    def test_search_by_query_and_by_base(self, provider: HubProvider, make_adapter_folder) -> None:
+    def test_search_by_query_and_by_base(self, provider: HubProvider, make_adapter_folder: Callable[..., Path]) -> None:
         if not provider.capabilities.search:
             pytest.skip("provider cannot search")
         base_a, base_b = f"org-a/base-{uuid.uuid4().hex[:6]}", f"org-b/base-{uuid.uuid4().hex[:6]}"
@@ -147,7 +148,7 @@ class ProviderContract:
         assert hits[0].base_model == base_a
 
     # -- refusals and errors -------------------------------------------------------
-    def test_missing_adapter_is_not_found(self, provider: HubProvider, tmp_path) -> None:
+    def test_missing_adapter_is_not_found(self, provider: HubProvider, tmp_path: Path) -> None:
         rid = self.repo_id("missing")
         with pytest.raises(NotFound):
             provider.show(rid)
@@ -155,13 +156,13 @@ class ProviderContract:
             provider.pull(rid, tmp_path / "x")
         assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
-    def test_missing_revision_is_not_found(self, provider: HubProvider, make_adapter_folder, tmp_path) -> None:
+    def test_missing_revision_is_not_found(self, provider: HubProvider, make_adapter_folder: Callable[..., Path], tmp_path: Path) -> None:
         rid = self.repo_id()
         provider.push(make_adapter_folder(), rid)
         with pytest.raises(NotFound):
             provider.pull(rid, tmp_path / "x", revision="0" * 40)
 
-    def test_pickle_only_is_refused_unless_allowed(self, provider: HubProvider, make_adapter_folder, tmp_path) -> None:
+    def test_pickle_only_is_refused_unless_allowed(self, provider: HubProvider, make_adapter_folder: Callable[..., Path], tmp_path: Path) -> None:
         rid = self.repo_id("pickle")
         provider.push(make_adapter_folder(pickle_only=True), rid)
         with pytest.raises(PickleRefused):
@@ -170,7 +171,7 @@ class ProviderContract:
         provider.pull(rid, tmp_path / "allowed", allow_pickle=True)
         assert (tmp_path / "allowed" / "adapter_model.bin").is_file()
 
-    def test_pull_into_a_non_empty_folder_is_refused(self, provider: HubProvider, make_adapter_folder, tmp_path) -> None:
+    def test_pull_into_a_non_empty_folder_is_refused(self, provider: HubProvider, make_adapter_folder: Callable[..., Path], tmp_path: Path) -> None:
         rid = self.repo_id()
         provider.push(make_adapter_folder(), rid)
         dest = tmp_path / "busy"
@@ -180,7 +181,7 @@ class ProviderContract:
             provider.pull(rid, dest)
         assert [p.name for p in dest.iterdir()] == ["keep.txt"]
 
-    def test_delete(self, provider: HubProvider, make_adapter_folder) -> None:
+    def test_delete(self, provider: HubProvider, make_adapter_folder: Callable[..., Path]) -> None:
         if not provider.capabilities.delete:
             pytest.skip("provider cannot delete")
         rid = self.repo_id("doomed")

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _start_gui(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
-        import adapterstudio.ui.app as app  # noqa: F401  (PySide6 is an optional extra)
+        import adapterstudio.ui.app as app  # PySide6 is an optional extra
     except ImportError as exc:
         parser.print_help()
         missing = getattr(exc, "name", None) or ""

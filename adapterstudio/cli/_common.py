@@ -60,7 +60,7 @@ def run_command(handler: Callable[[argparse.Namespace], int | None], args: argpa
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # a bug: say so in one line, keep the traceback in the log
+    except Exception as exc:  # noqa: BLE001  (a bug: say so in one line, keep the traceback in the crash log)
         full = find_disk_full(exc)
         if full is not None:  # not a bug: a full disk, wherever it was hit
             err = full if isinstance(full, DiskFull) else DiskFull(_full_path(full, args))
@@ -108,7 +108,7 @@ def _write_crash_log(args: argparse.Namespace) -> tuple[str | None, str]:
         from adapterstudio.core.settings import load_settings
 
         candidates.append(load_settings().resolved_library_dir(getattr(args, "home", None)) / "logs")
-    except Exception:  # noqa: BLE001 - a broken settings file: fall back to the temp folder
+    except Exception:  # noqa: BLE001, S110  (a broken settings file: the crash log falls back to the temp folder)
         pass
     candidates.append(Path(tempfile.gettempdir()))
     why = ""

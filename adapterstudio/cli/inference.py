@@ -132,7 +132,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
             return 0
         results = []
-        for x, pr in zip(inputs, prompts):
+        for x, pr in zip(inputs, prompts, strict=True):
             results.append({"input": x, "output": inf.generate(pr, **params)})
         out["results"] = results
         emit(args, out, lambda: "\n---\n".join(r["output"] for r in results))
@@ -191,6 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lib.close()
         raise InvalidInput(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
     host, port = server.server_address[:2]
+    host = host.decode() if isinstance(host, bytes) else host  # typeshed allows bytes (AF_UNIX); AF_INET gives str
     url = f"http://{host}:{port}/v1"
     if want_json(args):
         print(json.dumps({"url": url, "base": args.base}), flush=True)

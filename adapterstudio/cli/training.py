@@ -15,6 +15,8 @@ from adapterstudio.cli._common import (
     table,
     want_json,
 )
+from adapterstudio.core.metrics import METRICS
+from adapterstudio.core.runs import STATUSES
 from adapterstudio.services import baseline
 
 TASK_CHOICES = ["seq-cls", "regression", "causal-lm", "token-cls", "image-cls"]
@@ -62,7 +64,7 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
                         "class weights and head initialisation decided from the data (written into the spec; any "
                         "setting you give wins); fixed: the same defaults for every data set (3 epochs, ...)")
     p.add_argument("--epochs", type=float, default=S, help="(default: the recipe's step budget; fixed: 3)")
-    p.add_argument("--metric", choices=["accuracy", "macro_f1", "loss", "perplexity", "rmse", "r2"], default=S,
+    p.add_argument("--metric", choices=list(METRICS), default=S,
                    help="validation metric that selects the best checkpoint and stops early (default: macro_f1 for "
                         "skewed or multi-class labels, accuracy for balanced two-class, rmse for regression)")
     p.add_argument("--head-lr", type=float, default=S, help="the new head's learning rate (adapters; default by recipe)")
@@ -124,7 +126,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     r = add_group(sub, "runs", "training run history")
     q = r.add_parser("list", parents=[common], help="list training runs")
-    q.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])
+    q.add_argument("--status", choices=list(STATUSES))
     q.set_defaults(handler=cmd_runs_list)
     q = r.add_parser("show", parents=[common], help="show a run: status, spec, metrics, world size, checkpoint, duration")
     q.add_argument("run")

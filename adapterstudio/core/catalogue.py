@@ -167,7 +167,7 @@ def _tags(js: str | None) -> list[str]:
         return []
     if "\\" not in js:  # no escaped quote, backslash or control character: '["a","b"]'
         return js[2:-2].split('","')
-    return json.loads(js)
+    return [str(t) for t in json.loads(js)]
 
 
 def _unlink_stored(p: Path) -> None:
@@ -393,7 +393,7 @@ class Catalogue:
                 c.execute(f"INSERT INTO bases ({cols}) VALUES ({marks})", [values[k] for k in self._BASE_COLS] + [_now()])
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"A base model named {values['name']!r} is already in the catalogue; choose another name with --name.") from None
-        return self.get_base(values["name"])
+        return self.get_base(str(values["name"]))
 
     def update_base(self, base_name: str, /, **fields: Any) -> BaseRecord:
         base = self.get_base(base_name)
@@ -516,7 +516,7 @@ class Catalogue:
             try:
                 for item in files:
                     rel, sha = item[0], item[1]
-                    src = Path(item[2]) if len(item) > 2 else None  # type: ignore[misc]
+                    src = Path(item[2]) if len(item) > 2 else None
                     dst = staging / rel
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     self._place(self.blob_path(sha), dst, src)
@@ -578,7 +578,7 @@ class Catalogue:
     )
     _FROM = " FROM adapters a LEFT JOIN bases b ON b.id = a.base_id LEFT JOIN adapters p ON p.id = a.parent_id"
 
-    def _adapter_from_tuple(self, r: tuple, _targets: dict[str, list[str]] | None = None) -> AdapterRecord:
+    def _adapter_from_tuple(self, r: tuple[Any, ...], _targets: dict[str, list[str]] | None = None) -> AdapterRecord:
         comp = r[10]
         if _targets is not None:
             targets = _targets.get(r[8])
@@ -595,7 +595,8 @@ class Catalogue:
             created_at=r[18], updated_at=r[19],
         )
 
-    def _select(self, where: str, args: list | tuple, order: str = "", limit: str = "") -> list[tuple]:
+    def _select(self, where: str, args: list[Any] | tuple[Any, ...], order: str = "",
+                limit: str = "") -> list[tuple[Any, ...]]:
         c = self.conn
         c.row_factory = None
         try:
@@ -660,7 +661,8 @@ class Catalogue:
         r = self.conn.execute("SELECT config FROM adapters WHERE name = ?", (name,)).fetchone()
         if r is None:
             raise NotFound(f"No adapter named {name!r} is in the catalogue.")
-        return json.loads(r["config"])
+        config: dict[str, Any] = json.loads(r["config"])
+        return config
 
     def list_adapters(
         self, *, base: str | None = None, search: str | None = None, tag: str | None = None,
@@ -705,7 +707,7 @@ class Catalogue:
                 gc.enable()
 
     def count_adapters(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM adapters").fetchone()[0]
+        return int(self.conn.execute("SELECT COUNT(*) FROM adapters").fetchone()[0])
 
     def update_adapter(self, adapter_name: str, /, **fields: Any) -> AdapterRecord:
         name = adapter_name

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import DiskFull, is_disk_full
@@ -32,7 +33,7 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_output(path: Path, mode: str = "wb", needed: int | None = None) -> Iterator:
+def atomic_output(path: Path, mode: str = "wb", needed: int | None = None) -> Iterator[IO[Any]]:
     """Write to a temp file beside *path*, fsync, then rename over it.
 
     A full disk (or quota) raises :class:`DiskFull` naming *path* (and *needed* bytes, when
@@ -41,7 +42,7 @@ def atomic_output(path: Path, mode: str = "wb", needed: int | None = None) -> It
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+        with (os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8")) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -16,7 +16,7 @@ from typing import Any
 
 def dumps(record: Any, **kwargs: Any) -> str:
     """One record as one line (without the newline); readable Unicode kept as is."""
-    return json.dumps(record, ensure_ascii=False, **kwargs)
+    return json.dumps(record, **{"ensure_ascii": False, **kwargs})
 
 
 def iter_lines(text: str) -> Iterator[str]:
@@ -68,9 +68,9 @@ def text(records: Iterable[Any]) -> str:
     return "".join(dumps(r) + "\n" for r in records)
 
 
-def append(path: Path, record: Any) -> str:
-    """Append one record (a whole line, flushed) and return the line written."""
-    line = dumps(record)
+def append(path: Path, record: Any, **kwargs: Any) -> str:
+    """Append one record (a whole line, flushed) and return the line written (*kwargs* go to :func:`dumps`)."""
+    line = dumps(record, **kwargs)
     with path.open("a", encoding="utf-8") as fh:
         fh.write(line + "\n")
         fh.flush()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterstudio.core.errors import InvalidInput
-from adapterstudio.core.peft_format import PICKLE_SUFFIXES
+from adapterstudio.core.peft_format import is_pickle
 from adapterstudio.core.safetensors_header import read_model_headers
 
 # Module names that are never useful adapter targets on their own.
@@ -59,7 +59,7 @@ def inspect_model_folder(folder: Path, *, allow_pickle: bool = False) -> ModelIn
         raise InvalidInput(f"{cfg_path} is not a valid JSON model config.") from None
     headers = read_model_headers(folder)
     if not headers:
-        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        pickles = [p.name for p in folder.iterdir() if is_pickle(p)]
         if pickles and not allow_pickle:
             raise InvalidInput(
                 f"{folder} has only pickle weights ({pickles[0]}), which can run arbitrary code when loaded; "

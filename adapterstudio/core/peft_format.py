@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from adapterstudio.core.errors import InvalidInput, PickleRefused
@@ -19,9 +19,34 @@ from adapterstudio.core.errors import InvalidInput, PickleRefused
 CONFIG_NAME = "adapter_config.json"
 SAFE_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Files that hold Python pickles (loading one can run arbitrary code): refused unless allowed,
+# both when a pull downloads a repository (api.files) and when an import copies a folder.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")
 
-PROMPT_LEARNING_TYPES = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT"}
+# PEFT types whose adapter is extra tokens/prompts rather than weights on named modules.
+PROMPT_LEARNING_TYPES = frozenset(
+    {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT"})
+
+# The transformers auto class that loads a base for each PEFT task type.
+TASK_CLASSES = {
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+    "IMAGE_CLS": "AutoModelForImageClassification",
+}
+# The PEFT task type of each AdapterStudio training task (what a trained adapter's lineage says).
+LINEAGE_TASKS = {"seq-cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal-lm": "CAUSAL_LM",
+                 "token-cls": "TOKEN_CLS", "image-cls": "IMAGE_CLS"}
+# A Hub repository id: ``owner/name``.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_pickle(path: str | Path) -> bool:
+    """Whether the file at *path* is a pickle by its suffix (any case)."""
+    return PurePosixPath(str(path).replace("\\", "/")).suffix.lower() in PICKLE_SUFFIXES
 
 # The first dotted component of an adapter tensor name that belongs to the adapter
 # itself (``lora_A``, ``ia3_l``, ``hada_w1_a`` ...); what precedes it is the module path.

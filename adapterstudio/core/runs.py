@@ -17,6 +17,7 @@ worker runs or is being started.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -37,6 +38,10 @@ except ImportError:  # Windows: no flock; runs fall back to the supervisor's pid
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 RESUMABLE = ("failed", "cancelled", "interrupted")
+FINISHED = ("succeeded", *RESUMABLE)  # nothing runs it any more
+# The training worker's exit codes besides 0 (done) and 1 (an error event says why):
+EXIT_CANCELLED = 3  # stopped on request after checkpointing
+EXIT_OOM = 75  # out of memory: the supervisor halves the micro-batch and resumes
 LOCK_FILE = "supervisor.lock"
 WORKER_LOCK = "worker.lock"
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
@@ -160,7 +165,7 @@ class RunStore:
             sql += f" LIMIT {int(limit)}"
         return [self._mark_dead(self._row(r)) for r in self.cat.conn.execute(sql, args)]
 
-    def queue(self) -> list[RunRecord]:
+    def queue(self) -> builtins.list[RunRecord]:  # builtins: the method list() shadows it here
         return [self._row(r) for r in self.cat.conn.execute(
             self._SELECT + " WHERE r.status = 'queued' ORDER BY r.queue_position, r.created_at")]
 

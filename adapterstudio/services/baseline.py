@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapterstudio.ml.training.spec import METRIC_LABELS
+from adapterstudio.core.metrics import METRIC_LABELS
 
 KEYS = ("baseline_metric", "gain_over_baseline", "baseline_warning", "baseline_split")
 

@@ -325,7 +325,7 @@ def fetch_base(lib, name: str, *, revision: str | None = None, ctx: TaskContext 
     except huggingface_hub.errors.RepositoryNotFoundError:
         raise NotFound(f"There is no model {base.hub_id} on {endpoint or huggingface_hub.constants.ENDPOINT} "
                        f"(or it is gated/private and you are not logged in).") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (huggingface_hub/requests raise many types: one NetworkError sentence)
         raise NetworkError(f"Could not download {base.hub_id}: {type(exc).__name__}: "
                            f"{(str(exc).splitlines() or [''])[0]}.") from None
     info_local = inspect_model_folder(folder, allow_pickle=False)

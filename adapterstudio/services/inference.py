@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import Incompatible, InvalidInput, NotFound
+from adapterstudio.core.peft_format import LINEAGE_TASKS
 
 if TYPE_CHECKING:
     from adapterstudio.ml.inference.session import InferenceSession
     from adapterstudio.services.library import Library
 
-LINEAGE_TASKS = {"seq-cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal-lm": "CAUSAL_LM",
-                 "token-cls": "TOKEN_CLS", "image-cls": "IMAGE_CLS"}
 HEAD_SUFFIXES = ("classifier.out_proj.weight", "score.weight", "classifier.weight")
 
 
@@ -118,7 +117,7 @@ class Inference:
             for (t, n), sess in self._sessions.items():
                 if (task is None or t == task) and (num_labels is None or n == num_labels):
                     return sess
-            sess = InferenceSession(self.base.path, task=task, num_labels=num_labels, device=self.device,
+            sess = InferenceSession(str(self.base.path), task=task, num_labels=num_labels, device=self.device,
                                     dtype=self.precision, max_resident=self.max_resident, max_host=self.max_host,
                                     base_name=self.base.name, ctx=ctx or self._ctx)
             self._sessions[(sess.task, num_labels)] = sess
@@ -220,10 +219,10 @@ class Inference:
                     sess.use(a)
                     outs.append(sess.generate(prompt, _params(GenerationParams, params)))
                 self._current = sess
-                return dict(zip(keys, outs))
-            texts = [prompt] * len(adapters) if isinstance(prompt, str) else prompt
+                return dict(zip(keys, outs, strict=True))
+            texts: list[Any] = [prompt] * len(adapters) if isinstance(prompt, str) else prompt
             res = sess.classify(texts, adapter_names=list(adapters))  # one batch, one adapter per row
-            return dict(zip(keys, res))
+            return dict(zip(keys, res, strict=False))
 
     def stop(self) -> None:
         """Stop a running generation (from any thread)."""
@@ -285,8 +284,10 @@ def export_merged(lib: Library, adapters: dict[str, float] | str, dest: str | Pa
         raise InvalidInput("Adapters to blend must be for the same task.")
     task = tasks.pop()
     n = adapter_num_labels(recs[0]) if task in ("SEQ_CLS", "TOKEN_CLS", "IMAGE_CLS") else None
+    if not base.path:
+        raise NotFound(f"Base model {base.name!r} is not on this machine; merging needs its weights.")
     lineage = recs[0].lineage or {}
-    return merge_to_folder(base.path, [(r.name, r.path, w) for r, w in zip(recs, weights.values())], dest,
+    return merge_to_folder(base.path, [(r.name, r.path, w) for r, w in zip(recs, weights.values(), strict=True)], dest,
                            task=task, num_labels=n, labels=lineage.get("labels"),
                            chat_template=lineage.get("chat_template"),
                            dtype=precision or lib.settings.precision, ctx=ctx)

@@ -25,14 +25,13 @@ from adapterstudio.core.errors import (
 from adapterstudio.core.fsutil import copy_atomic, fsync_dir, iter_files, sha256_file
 from adapterstudio.core.model_info import inspect_model_folder
 from adapterstudio.core.names import validate_name, validate_notes, validate_tag
-from adapterstudio.core.peft_format import PICKLE_SUFFIXES, AdapterConfig, find_weights, read_adapter_config
+from adapterstudio.core.peft_format import HUB_ID, AdapterConfig, find_weights, is_pickle, read_adapter_config
 from adapterstudio.core.records import AdapterRecord, BaseRecord
 from adapterstudio.core.safetensors_header import read_header
 from adapterstudio.core.settings import Settings, load_settings
 
 # Key in a base's module shapes recording that loaded-model names were added already.
 _LOADED_NAMES_MARK = "__loaded_module_names__"
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Disk space an import or export keeps free beyond its files (the catalogue's own writes).
 _SPACE_MARGIN = 1_000_000
 
@@ -189,7 +188,7 @@ class Library:
                 raise Incompatible(f"{folder} does not fit base model {base_rec.name!r}: {report.reason}.")
             compatible, reason = True, ("" if tensors is not None else "tensor shapes not checked (pickle weights)")
 
-        files = [p for p in iter_files(folder) if allow_pickle or p.suffix not in PICKLE_SUFFIXES or p == weights]
+        files = [p for p in iter_files(folder) if allow_pickle or not is_pickle(p) or p == weights]
         total = sum(p.stat().st_size for p in files)
         self._require_writable()  # before hashing, which can take minutes
         done = 0

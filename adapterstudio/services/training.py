@@ -24,6 +24,7 @@ where tests kill the process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import secrets
@@ -37,16 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapterstudio.core import jsonl
+from adapterstudio.core import events as run_events
 from adapterstudio.core.context import NULL_CONTEXT, Context, TaskContext
 from adapterstudio.core.errors import AlreadyExists, Cancelled, InvalidInput, NotFound, UserError
 from adapterstudio.core.fsutil import atomic_write_text, fsync_dir
-from adapterstudio.core.runs import (RUN_ID_RE, RunLock, RunRecord, RunStore, latest_checkpoint, lock_holder, run_liveness,
+from adapterstudio.core.runs import (EXIT_CANCELLED, EXIT_OOM, RUN_ID_RE, RunLock, RunRecord, RunStore, latest_checkpoint, lock_holder, run_liveness,
                                      worker_holder)
 from adapterstudio.ml.training.spec import TrainingSpec, estimate_memory
 
-EXIT_CANCELLED = 3
-EXIT_OOM = 75
+log = logging.getLogger(__name__)
+
 STOP_GRACE_S = 120.0
 TMP_PREFIX = ".tmp-"  # a run folder being written; renamed to runs/<id> once complete
 LEFTOVER_GRACE_S = 3600.0  # a temp folder this old belongs to no live process
@@ -178,8 +179,9 @@ def _device_memory(spec: TrainingSpec) -> tuple[str, int | None]:
             if torch.cuda.is_available():
                 free, _ = torch.cuda.mem_get_info()
                 return torch.cuda.get_device_name(0), int(free)
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001  (a broken CUDA/driver: the estimate falls back to host RAM, logged)
+            log.warning("the CUDA memory probe failed (%s: %s); the memory estimate is against host RAM instead",
+                        type(exc).__name__, exc)
     try:
         import psutil
 
@@ -276,7 +278,7 @@ def sweep_leftovers(lib: Any, grace_s: float = LEFTOVER_GRACE_S) -> list[Path]:
     runs_dir = lib.catalogue.runs_dir
     known = {r[0] for r in lib.catalogue.conn.execute("SELECT id FROM runs")}
     now = time.time()
-    gone = []
+    gone: list[Path] = []
     try:
         entries = list(runs_dir.iterdir())
     except OSError:  # no runs folder yet: nothing to sweep
@@ -285,7 +287,7 @@ def sweep_leftovers(lib: Any, grace_s: float = LEFTOVER_GRACE_S) -> list[Path]:
         if p.name.startswith((TMP_PREFIX, ".compare-")):
             pass
         elif RUN_ID_RE.match(p.name) and p.name not in known:
-            if (p / "events.jsonl").exists() or (p / "checkpoints").exists():
+            if run_events.events_path(p).exists() or (p / "checkpoints").exists():
                 continue  # it trained once: not ours to delete without a row saying so
         else:
             continue
@@ -377,11 +379,10 @@ def attach(lib: Any, run_id: str, ctx: TaskContext = NULL_CONTEXT) -> TrainOutco
 def _follow(run: RunRecord, run_dir: Path, store: RunStore, ctx: TaskContext) -> tuple[dict[str, Any], RunLock]:
     """Pass the run's events to *ctx* until nothing runs it (its lock and its worker's are free); return
     what they said, and the run's lock, now held by this process."""
-    events_path = run_dir / "events.jsonl"
     info: dict[str, Any] = {"log": str(run_dir / "worker.log")}
     history: list[dict[str, Any]] = []
     quiet = Context()  # the events written before we came are replayed only for what they say
-    old, offset = jsonl.read_since(events_path, 0)
+    old, offset = run_events.read_since(run_dir, 0)
     for ev in old:
         if isinstance(ev, dict):
             if ev.get("event") == "launch":
@@ -395,7 +396,7 @@ def _follow(run: RunRecord, run_dir: Path, store: RunStore, ctx: TaskContext) ->
     while True:
         if lock is None:
             lock = RunLock.acquire(run_dir, tries=1)  # free once any supervisor and the launcher are gone
-        new, offset = jsonl.read_since(events_path, offset)
+        new, offset = run_events.read_since(run_dir, offset)
         for ev in new:
             if isinstance(ev, dict):
                 _handle_event(ev, run.id, store, ctx, info, history, {}, record=False)
@@ -650,14 +651,13 @@ def _child_env(cpu: bool = False) -> dict[str, str]:
 
 def _launch_and_watch(spec: TrainingSpec, run_dir: Path, run_id: str, store: RunStore,
                       ctx: TaskContext, lock: RunLock | None = None) -> tuple[int, dict[str, Any]]:
-    events_path = run_dir / "events.jsonl"
     # marks where this launch's events begin (for a process that attaches later)
     launch = secrets.token_hex(8)
     _append_event(run_dir, "launch", supervisor_pid=os.getpid(), launch=launch)
     if lock is not None:
         lock.note(launch=launch)  # before the launcher inherits the lock (see core.runs.run_liveness)
     env = {**_child_env(spec.cpu), "ADAPTERSTUDIO_LAUNCH": launch}
-    offset = events_path.stat().st_size
+    offset = run_events.events_path(run_dir).stat().st_size
     log_path = run_dir / "worker.log"
     info: dict[str, Any] = {"log": str(log_path)}
     with log_path.open("ab") as log:
@@ -676,7 +676,7 @@ def _launch_and_watch(spec: TrainingSpec, run_dir: Path, run_id: str, store: Run
     try:
         while True:
             rc = proc.poll()
-            new_events, offset = jsonl.read_since(events_path, offset)
+            new_events, offset = run_events.read_since(run_dir, offset)
             for ev in new_events:
                 if isinstance(ev, dict):
                     _handle_event(ev, run_id, store, ctx, info, history, metrics)
@@ -751,8 +751,8 @@ def _handle_event(ev: dict[str, Any], run_id: str, store: RunStore, ctx: TaskCon
         ctx.log(f"early stop at step {ev.get('step')}: no improvement in {ev.get('patience')} evaluations")
 
 
-def _append_event(run_dir: Path, kind: str, **data: Any) -> None:
-    jsonl.append(run_dir / "events.jsonl", {"event": kind, "time": time.time(), **data})
+def _append_event(run_dir: Path, kind: str, /, **data: Any) -> None:
+    run_events.append(run_dir, kind, **data)
 
 
 def _latest_checkpoint(run_dir: Path) -> str | None:
@@ -889,7 +889,7 @@ def compare(lib: Any, spec: TrainingSpec, strategies: list[str], ctx: TaskContex
     first = [resolve_spec(lib, spec.replace(name=f"{prefix}-{s}", strategy=s))[0] for s in strategies][0]
     shared = lib.root / "runs" / f".compare-{prefix}"
     prepare(first).write(shared)  # one split for all strategies
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         for s in strategies:
             ctx.check_cancelled()

@@ -27,7 +27,7 @@ def create_app(argv: list[str] | None = None):
         from adapterstudio.core.settings import load_settings
 
         theme_name = load_settings().theme
-    except Exception:  # a broken settings file is reported by the library, not here
+    except Exception:  # noqa: BLE001, S110  (a broken settings file is reported when the library opens; default theme)
         pass
     theme.apply(app, theme_name)
     app.setWindowIcon(icons.app_icon())
@@ -39,7 +39,7 @@ def log_folder() -> Path:
         from adapterstudio.core.settings import load_settings
 
         return load_settings().resolved_library_dir() / "logs"
-    except Exception:
+    except Exception:  # noqa: BLE001  (a broken settings file is reported when the library opens; log to temp)
         import tempfile
 
         return Path(tempfile.gettempdir()) / "adapterstudio-logs"

@@ -10,7 +10,7 @@ sizes, so icons stay sharp on high-DPI screens.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from PySide6.QtCore import QByteArray, QRectF, QSize, Qt
@@ -25,7 +25,7 @@ def icon_names() -> list[str]:
     return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".svg"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def svg_bytes(name: str) -> bytes:
     path = resources.files("adapterstudio").joinpath("resources", "icons", f"{name}.svg")
     return path.read_bytes()

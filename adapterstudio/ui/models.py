@@ -234,7 +234,7 @@ class LibraryTreeModel(QAbstractItemModel):
             self._tops.append(None)
             self._children.append(orphans)
         self._top_display = []
-        for b, kids in zip(self._tops, self._children):
+        for b, kids in zip(self._tops, self._children, strict=True):
             if b is None:
                 self._top_display.append((MISSING_GROUP, f"{len(kids)} adapters", ""))
             else:

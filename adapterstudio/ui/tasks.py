@@ -35,9 +35,8 @@ def adapter_details(ctx, lib, name: str) -> dict[str, Any]:
 
 def run_series(lib, run_id: str) -> dict[str, tuple[list[float], list[float]]]:
     """The curves of a training run from its events (every logged step), when the run is still on disk."""
-    from pathlib import Path
-
-    from adapterstudio.core import jsonl
+    from adapterstudio.core import events as run_events
+    from adapterstudio.core.errors import NotFound
 
     try:
         from adapterstudio.services import training
@@ -45,27 +44,9 @@ def run_series(lib, run_id: str) -> dict[str, tuple[list[float], list[float]]]:
         return {}
     try:
         run = training.runs(lib).get(run_id)
-    except Exception:  # the run was removed: the lineage's history is all there is
+    except NotFound:  # the run was removed: the lineage's history is all there is
         return {}
-    path = Path(run.run_dir) / "events.jsonl"
-    if not path.is_file():
-        return {}
-    series: dict[str, tuple[list[float], list[float]]] = {}
-
-    def add(name: str, x: float, y: object) -> None:
-        if isinstance(y, (int, float)) and not isinstance(y, bool):
-            xs, ys = series.setdefault(name, ([], []))
-            xs.append(float(x))
-            ys.append(float(y))
-
-    for ev in jsonl.read(path, skip_bad=True):
-        if ev.get("event") == "step":
-            add("train_loss", ev.get("step", 0), ev.get("loss"))
-        elif ev.get("event") == "eval":
-            for k, v in (ev.get("metrics") or {}).items():
-                if k != "n":
-                    add(f"eval_{k}", ev.get("step", 0), v)
-    return series
+    return run_events.series(run.run_dir)
 
 
 def base_details(ctx, lib, name: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from tests.ui.test_share_page import TOKEN, USER, server  # noqa: E402,F401
 from tests.ui.test_stall import StallMeter, report  # noqa: E402
 
 
-def test_register_train_browse_play_push(qtbot, window, minilm_path, tmp_path, server, lib):  # noqa: F811
+def test_register_train_browse_play_push(qtbot, window, minilm_path, tmp_path, server, lib):
     from tests.test_training_cli import vader_words
 
     window.show()

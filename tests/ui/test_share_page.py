@@ -9,6 +9,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("adapterstudio.services.hub")
 pytestmark = pytest.mark.gui
 
+from adapterstudio.core.errors import UserError  # noqa: E402
 from tests.ui.conftest import wait_loaded, wait_worker  # noqa: E402
 
 TOKEN = "hf_testTOKEN_gui_9Zq3xK29sLmN4pR8vW"  # made up for the loopback server
@@ -90,7 +91,7 @@ def test_login_push_search_pull(qtbot, window, share, lib, errors_shown, qtmodel
 
     # errors are readable: pulling the same name again
     w = page.pull(f"{USER}/sent-lora", "pulled")
-    with pytest.raises(Exception):
+    with pytest.raises(UserError, match="already in the catalogue"):
         wait_worker(qtbot, w)
     qtbot.waitUntil(lambda: bool(errors_shown))
     assert errors_shown[-1][0] == "Cannot do that" and "already in the catalogue" in errors_shown[-1][1]

@@ -90,7 +90,7 @@ def merge_to_folder(base_path: str | Path, adapters: list[tuple[str, str | Path,
         ctx.progress(1, 4, "loading adapters")
         names = []
         peft_model = None
-        for i, (name, path, _w) in enumerate(adapters):
+        for i, (_name, path, _w) in enumerate(adapters):
             aname = f"a{i}"
             if peft_model is None:
                 peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=aname, use_safetensors=True)
@@ -100,7 +100,7 @@ def merge_to_folder(base_path: str | Path, adapters: list[tuple[str, str | Path,
         assert peft_model is not None
         from peft.tuners.lora import LoraLayer
 
-        for (name, _p, w), aname in zip(adapters, names):
+        for (_name, _p, w), aname in zip(adapters, names, strict=True):
             if w != 1.0:
                 for m in peft_model.modules():
                     if isinstance(m, LoraLayer) and aname in m.scaling:

@@ -40,23 +40,11 @@ import torch
 
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import Incompatible, InvalidInput, NotFound
+from adapterstudio.core.peft_format import LINEAGE_TASKS, PROMPT_LEARNING_TYPES, TASK_CLASSES
 from adapterstudio.ml.inference.weights import RawTensor, read_safetensors, read_st_header
 
 BASE = "__base__"
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-TASK_CLASSES = {
-    "SEQ_CLS": "AutoModelForSequenceClassification",
-    "CAUSAL_LM": "AutoModelForCausalLM",
-    "TOKEN_CLS": "AutoModelForTokenClassification",
-    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
-    "QUESTION_ANS": "AutoModelForQuestionAnswering",
-    "FEATURE_EXTRACTION": "AutoModel",
-    "IMAGE_CLS": "AutoModelForImageClassification",
-}
-LINEAGE_TASKS = {"seq-cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal-lm": "CAUSAL_LM",
-                 "token-cls": "TOKEN_CLS", "image-cls": "IMAGE_CLS"}
-PROMPT_LEARNING = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"}
 
 
 # -- device and dtype --------------------------------------------------------------------
@@ -816,7 +804,7 @@ class InferenceSession:
         except AttributeError:
             pass
         if getattr(self._peft, "active_adapter", None) != first and hasattr(self._peft, "set_adapter") and \
-                self._family in PROMPT_LEARNING:
+                self._family in PROMPT_LEARNING_TYPES:
             self._peft.set_adapter(first)
         # scalings: blend weights multiply each slot's own alpha/r
         for n, pn in self._resident.items():
@@ -931,7 +919,7 @@ class InferenceSession:
             if self._mode[0] == "base" and self._peft is not None:
                 if self._compiled is not None:
                     raise InvalidInput("A compiled session always runs an adapter; use an uncompiled one for the base.")
-                if self._family in PROMPT_LEARNING:
+                if self._family in PROMPT_LEARNING_TYPES:
                     with self._peft.disable_adapter():
                         out = self._peft(**batch)
                     self._apply_mode()
@@ -997,7 +985,7 @@ class InferenceSession:
                     toks = self.tokenizer.convert_ids_to_tokens(ids.tolist())  # type: ignore[union-attr]
                     out.append({"input": text, "adapter": name, "tokens": [
                         {"token": t, "label": _label(labels, int(p.argmax())), "probability": float(p.max())}
-                        for t, p in zip(toks, probs)]})
+                        for t, p in zip(toks, probs, strict=True)]})
             return out
 
     # -- generation ---------------------------------------------------------------------
@@ -1030,7 +1018,7 @@ class InferenceSession:
         try:
             return self.tokenizer.apply_chat_template(messages, chat_template=tpl, tokenize=False,
                                                       add_generation_prompt=True)
-        except Exception as exc:  # a broken template is the user's data, not our bug
+        except Exception as exc:  # noqa: BLE001  (a broken template is the user's data: re-raised as a sentence)
             raise InvalidInput(f"The chat template could not be applied: {exc}") from None
 
     def stop(self) -> None:
@@ -1097,14 +1085,14 @@ class InferenceSession:
                     with torch.inference_mode():
                         if p.seed is not None:
                             torch.manual_seed(int(p.seed))
-                        if self._mode[0] == "base" and self._peft is not None and self._family in PROMPT_LEARNING:
+                        if self._mode[0] == "base" and self._peft is not None and self._family in PROMPT_LEARNING_TYPES:
                             with self._peft.disable_adapter():
                                 model.generate(**batch, **kw, streamer=streamer,
                                                stopping_criteria=StoppingCriteriaList([stopper]))
                         else:
                             model.generate(**batch, **kw, streamer=streamer,
                                            stopping_criteria=StoppingCriteriaList([stopper]))
-                except BaseException as exc:  # surfaced to the consumer below
+                except BaseException as exc:  # noqa: BLE001  (re-raised in the consuming thread below)
                     error.append(exc)
                     streamer.end()
 
@@ -1162,7 +1150,7 @@ class InferenceSession:
                 raise InvalidInput("generate_batch needs one adapter name (or None) per prompt.")
             if self.tokenizer is None or self.task != "CAUSAL_LM":
                 raise InvalidInput("Batched generation needs a causal-LM base with a tokenizer.")
-            texts = [self.format_chat(x, n) if isinstance(x, list) else x for x, n in zip(prompts, adapter_names)]
+            texts = [self.format_chat(x, n) if isinstance(x, list) else x for x, n in zip(prompts, adapter_names, strict=True)]
             side = self.tokenizer.padding_side
             self.tokenizer.padding_side = "left"
             try:

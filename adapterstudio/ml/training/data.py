@@ -286,7 +286,7 @@ def _load_parquet(p: Path) -> list[dict[str, Any]]:
         raise InvalidInput("Reading Parquet needs pyarrow: pip install 'adapterstudio[data]'.") from None
     try:
         return pq.read_table(p).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for corrupt files
+    except Exception as exc:  # noqa: BLE001  (pyarrow raises several types for corrupt files: re-raised as a sentence)
         raise InvalidInput(f"{p} is not a readable Parquet file ({exc}).") from None
 
 

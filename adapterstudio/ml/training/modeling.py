@@ -15,9 +15,12 @@ and inference hot-swaps:
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 from adapterstudio.core.errors import Incompatible, InvalidInput
 
@@ -292,7 +295,7 @@ def _encode_lm(r: dict[str, Any], tok: Any, L: int) -> dict[str, Any]:
     ids = list(enc["input_ids"])
     if getattr(tok, "is_fast", False):
         offs = enc["offset_mapping"]
-        ys = [t if any(s <= a < e for s, e in spans) and b > a else IGNORE for t, (a, b) in zip(ids, offs)]
+        ys = [t if any(s <= a < e for s, e in spans) and b > a else IGNORE for t, (a, b) in zip(ids, offs, strict=True)]
     else:
         ys = list(ids)
     if tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
@@ -321,15 +324,19 @@ def _image_processor(base_path: str | None, config: Any):
     import numpy as np
     import torch
 
-    proc = None
+    proc, reason = None, ""
     try:
         from transformers import AutoImageProcessor
 
         proc = AutoImageProcessor.from_pretrained(base_path)
-    except Exception:
+    except Exception as exc:  # noqa: BLE001  (no or a broken preprocessor config: fall back, and say so in the log)
         proc = None
+        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
     size = int(getattr(config, "image_size", 224) or 224)
     channels = int(getattr(config, "num_channels", 3) or 3)
+    if proc is None:
+        log.warning("no image processor for %s (%s); images are resized to %dx%d and scaled to [-1, 1], "
+                    "which may not be the normalisation the model was trained with", base_path, reason, size, size)
 
     def to_tensor(img: Any):
         if isinstance(img, str):
@@ -460,7 +467,7 @@ def accumulate_gradients(model: Any, passes: list[dict[str, Any]], items: list[i
 
     total = float(sum(items) if total_items is None else total_items)
     share = None
-    for k, (cpu_batch, n_items) in enumerate(zip(passes, items)):
+    for k, (cpu_batch, n_items) in enumerate(zip(passes, items, strict=True)):
         batch = to_device(cpu_batch) if to_device else cpu_batch
         sync = no_sync(model) if (no_sync is not None and k < len(passes) - 1) else contextlib.nullcontext()
         with sync, (autocast() if autocast is not None else contextlib.nullcontext()):
@@ -508,12 +515,12 @@ def classification_metrics(preds: list[int], golds: list[int], n_labels: int) ->
     n = len(golds)
     if not n:
         return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
-    acc = sum(int(p == g) for p, g in zip(preds, golds)) / n
+    acc = sum(int(p == g) for p, g in zip(preds, golds, strict=True)) / n
     f1s = []
     for c in range(n_labels):
-        tp = sum(1 for p, g in zip(preds, golds) if p == c and g == c)
-        fp = sum(1 for p, g in zip(preds, golds) if p == c and g != c)
-        fn = sum(1 for p, g in zip(preds, golds) if p != c and g == c)
+        tp = sum(1 for p, g in zip(preds, golds, strict=True) if p == c and g == c)
+        fp = sum(1 for p, g in zip(preds, golds, strict=True) if p == c and g != c)
+        fn = sum(1 for p, g in zip(preds, golds, strict=True) if p != c and g == c)
         if tp + fp + fn == 0:
             continue
         f1s.append(2 * tp / (2 * tp + fp + fn))

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterstudio.ml.training.spec import HIGHER_IS_BETTER
+from adapterstudio.core.metrics import HIGHER_IS_BETTER
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from adapterstudio.core.errors import InvalidInput
+# the metric facts live in core.metrics; re-exported here for callers of the spec
+from adapterstudio.core.metrics import HIGHER_IS_BETTER as HIGHER_IS_BETTER
+from adapterstudio.core.metrics import METRIC_LABELS as METRIC_LABELS
+from adapterstudio.core.metrics import METRICS
 
 SPEC_VERSION = 1
 
@@ -289,10 +293,6 @@ def group_by_length(spec: TrainingSpec, device_type: str) -> bool:
     return batch_token_budget(spec, device_type) == 0
 
 
-METRICS = ("accuracy", "macro_f1", "loss", "perplexity", "rmse", "r2")
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False, "perplexity": False, "rmse": False, "r2": True}
-METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss", "perplexity": "perplexity",
-                 "rmse": "RMSE", "r2": "R2"}
 
 
 def default_lr(task: str, strategy: str, num_parameters: int) -> float:

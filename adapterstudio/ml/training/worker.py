@@ -22,29 +22,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-EXIT_CANCELLED = 3
-EXIT_OOM = 75
+from adapterstudio.core import events as run_events
+from adapterstudio.core.runs import EXIT_CANCELLED, EXIT_OOM, latest_checkpoint
 
 
 class Events:
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        self.fh = path.open("a", encoding="utf-8") if enabled else None
+    """The worker's event sink: appends to ``RUN_DIR/events.jsonl`` (see :mod:`adapterstudio.core.events`)
+    and echoes each line to stdout (the worker log); only process 0 writes (*enabled*)."""
 
-    def __call__(self, event: str, **data: Any) -> None:
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+
+    def __call__(self, event: str, /, **data: Any) -> None:
         if not self.enabled:
             return
-        line = json.dumps({"event": event, "time": time.time(), **data}, default=_jsonable)
-        self.fh.write(line + "\n")  # type: ignore[union-attr]
-        self.fh.flush()  # type: ignore[union-attr]
-        print(line, flush=True)
+        print(run_events.append(self.run_dir, event, **data), flush=True)
 
 
-def _jsonable(o: Any) -> Any:
-    try:
-        return float(o)
-    except (TypeError, ValueError):
-        return str(o)
+_jsonable = run_events.jsonable  # result.json and summaries hold the same kinds of values as events
 
 
 def peak_memory(device: Any) -> int:
@@ -71,27 +67,24 @@ def choose_precision(spec: Any, device_type: str) -> str:
     return "no"  # CPU/MPS: fp32 (CPU autocast is rarely faster for training)
 
 
-from adapterstudio.core.runs import latest_checkpoint  # noqa: E402,F401  (used below and by callers)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir = Path(argv[0]).resolve()
     from adapterstudio.core.runs import hold_worker_lock
 
-    _worker_lock = hold_worker_lock(run_dir)  # noqa: F841  (held until this process ends: tells apps the worker lives)
+    _worker_lock = hold_worker_lock(run_dir)  # (held until this process ends: tells apps the worker lives)
     from adapterstudio.ml.training.spec import TrainingSpec
 
     spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")
     job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
     rank = int(os.environ.get("RANK", "0"))
-    events = Events(run_dir / "events.jsonl", enabled=rank == 0)
+    events = Events(run_dir, enabled=rank == 0)
     try:
         if not spec.refit:
             return train(spec, job, run_dir, events)
         rc = train(spec, job, run_dir, events, final=False)
         return rc if rc != 0 else refit(spec, job, run_dir, events)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (the worker's last word: an error event with the traceback, exit 1)
         import traceback
 
         from adapterstudio.core.errors import UserError
@@ -143,7 +136,7 @@ def refit(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     atomic_write_text(sub / "job.json", json.dumps(job))
     events("refit", steps=steps, train_examples=len(data.train) + len(data.validation),
            selected_step=selection.get("best_step"))
-    sub_events = Events(run_dir / "events.jsonl", enabled=events.enabled)  # one stream: the app follows the progress
+    sub_events = Events(run_dir, enabled=events.enabled)  # one stream: the app follows the progress
     rc = train(sub_spec, job, sub, sub_events)
     if rc != 0:
         return rc
@@ -175,7 +168,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events, final: 
 
     from adapterstudio.ml.training import modeling as M
     from adapterstudio.ml.training.data import PreparedData
-    from adapterstudio.ml.training.spec import HIGHER_IS_BETTER
+    from adapterstudio.core.metrics import HIGHER_IS_BETTER
 
     t_start = time.time()
     cpu = spec.cpu or job.get("device") == "cpu"
@@ -543,7 +536,7 @@ def baseline_comparison(spec: Any, baseline: dict[str, Any] | None, final_val: d
     is not better, ``baseline_warning``: on the test split when there is one, else on validation."""
     if not baseline:
         return {}
-    from adapterstudio.ml.training.spec import HIGHER_IS_BETTER, METRIC_LABELS
+    from adapterstudio.core.metrics import HIGHER_IS_BETTER, METRIC_LABELS
 
     metric = spec.metric
     split = "test" if test and baseline.get("test") else "val"

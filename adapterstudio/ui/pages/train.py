@@ -14,7 +14,6 @@ import dataclasses
 import os
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QByteArray, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
@@ -23,7 +22,9 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleS
                                QPushButton, QScrollArea, QSpinBox, QSplitter, QSystemTrayIcon, QTableView, QTabWidget,
                                QVBoxLayout, QWidget)
 
-from adapterstudio.core import jsonl
+from adapterstudio.core import events as run_events
+from adapterstudio.core.metrics import best as best_value
+from adapterstudio.core.runs import FINISHED, RESUMABLE
 from adapterstudio.ui.icons import app_icon, icon
 from adapterstudio.ui.models import NameRole, RowTableModel, SortRole, human_count, human_size, human_time
 from adapterstudio.ui.runner import ACCEL, Worker
@@ -36,8 +37,8 @@ _ROOT = QModelIndex()
 
 def training_available() -> bool:
     try:
-        import adapterstudio.ml.training.spec  # noqa: F401
-        import adapterstudio.services.training  # noqa: F401
+        import adapterstudio.ml.training.spec  # probing: is the training extra importable
+        import adapterstudio.services.training  # noqa: F401  (probing)
     except ImportError:
         return False
     return True
@@ -95,7 +96,7 @@ def status_text(r: Any) -> str:
 
 def can_resume(r: Any) -> bool:
     """Stopped, or running without its supervisor (Resume follows its worker, then takes the run over)."""
-    return r.status in ("failed", "cancelled", "interrupted") or r.supervisor_gone
+    return r.status in RESUMABLE or r.supervisor_gone
 
 
 def t_save_probe(ctx, lib, run_id: str):
@@ -125,14 +126,14 @@ def t_runs(ctx, lib, offsets: dict[str, int]) -> dict[str, Any]:
     events: dict[str, list[dict[str, Any]]] = {}
     new_offsets = dict(offsets)
     for r in runs:
-        p = Path(r.run_dir) / "events.jsonl"
+        p = run_events.events_path(r.run_dir)
         start = offsets.get(r.id, 0)
         try:
             if p.stat().st_size <= start:
                 continue
         except OSError:
             continue
-        out, new_offsets[r.id] = jsonl.read_since(p, start)
+        out, new_offsets[r.id] = run_events.read_since(r.run_dir, start)
         events[r.id] = out
     return {"runs": runs, "events": events, "offsets": new_offsets}
 
@@ -169,7 +170,7 @@ class RunsModel(RowTableModel):
         metric = spec.get("metric") or "accuracy"
         vals = [h.get(f"eval_{metric}") for h in hist if isinstance(h.get(f"eval_{metric}"), (int, float))]
         if vals:
-            best = f"{metric} {(max(vals) if metric in ('accuracy', 'macro_f1') else min(vals)):.3f}"
+            best = f"{metric} {best_value(metric, vals):.3f}"
         return (r.name, status_text(r), r.base or spec.get("base", "–"), spec.get("strategy", "–"), prog, best,
                 human_time(r.started_at or r.created_at))
 
@@ -550,7 +551,7 @@ class TrainPage(QWidget):
             return None
         try:
             spec = self.spec_dict()
-        except Exception as exc:  # a half-typed field: say so where the estimate goes
+        except Exception as exc:  # noqa: BLE001  (a half-typed field: shown where the estimate goes)
             self.estimate_label.setText(str(exc))
             return None
         return self.session.run(t_estimate, spec, label="estimate memory", on_result=self._estimated,
@@ -735,7 +736,7 @@ class TrainPage(QWidget):
         selected = self.selected_run()
         for r in res["runs"]:
             old = self.statuses.get(r.id)
-            if old in ("running", "queued") and r.status in ("succeeded", "failed", "cancelled", "interrupted"):
+            if old in ("running", "queued") and r.status in FINISHED:
                 self.run_finished.emit(r)
                 self.notify(r)
             self.statuses[r.id] = r.status
@@ -756,15 +757,12 @@ class TrainPage(QWidget):
         self.versions[run_id] = self.versions.get(run_id, 0) + 1
         hist = self.history.setdefault(run_id, {})
         log = self.logs.setdefault(run_id, [])
+        for name, x, y in run_events.points(ev):  # the curves: train_loss per step, eval_<metric> per evaluation
+            hist.setdefault(name, []).append((x, y))
         if kind == "step":
             self.last_step[run_id] = ev
-            if isinstance(ev.get("loss"), (int, float)):
-                hist.setdefault("train_loss", []).append((ev["step"], ev["loss"]))
             self.runs_model.set_progress(run_id, ev.get("step", 0), ev.get("total_steps", 0))
         elif kind == "eval":
-            for k, v in (ev.get("metrics") or {}).items():
-                if isinstance(v, (int, float)) and k != "n":  # n: the number of examples, not a metric
-                    hist.setdefault(f"eval_{k}", []).append((ev["step"], v))
             log.append(f"step {ev.get('step')}: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in (ev.get("metrics") or {}).items() if isinstance(v, float)))
         elif kind == "start":

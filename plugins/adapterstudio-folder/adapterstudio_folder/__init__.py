@@ -32,13 +32,13 @@ from adapterstudio.api import (
     PullResult, PushResult, RemoteAdapter, RemoteDetail, RemoteFile, RemoteNotFound, TaskContext, UserError,
 )
 from adapterstudio.api.cards import HUB_ID, parse_card
-from adapterstudio.api.files import is_pickle, sha256_of, wanted
+from adapterstudio.api.files import is_pickle, wanted
 
 ROOT_ENV = "ADAPTERSTUDIO_SHARED_FOLDER"
 CHUNK = 1 << 20
 
 
-def make_provider(config: ProviderConfig) -> "FolderProvider":
+def make_provider(config: ProviderConfig) -> FolderProvider:
     return FolderProvider(config)
 
 

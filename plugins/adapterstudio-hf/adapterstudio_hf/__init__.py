@@ -34,7 +34,7 @@ from adapterstudio.api.files import git_blob_oid, is_pickle, sha256_of, wanted
 STAGING = ".hf-download"
 
 
-def make_provider(config: ProviderConfig) -> "HuggingFaceProvider":
+def make_provider(config: ProviderConfig) -> HuggingFaceProvider:
     return HuggingFaceProvider(config)
 
 
@@ -110,7 +110,7 @@ class HuggingFaceProvider:
     def _stored_token(self) -> str | None:
         try:
             return _hf().get_token()
-        except Exception:
+        except Exception:  # noqa: BLE001  (an unreadable token store: no stored token to redact)
             return None
 
     @contextlib.contextmanager
@@ -224,7 +224,7 @@ class HuggingFaceProvider:
         hf_logger.setLevel(logging.ERROR)
         try:
             _hf().logout()
-        except Exception:  # not logged in: nothing to do
+        except Exception:  # noqa: BLE001, S110  (not logged in: nothing to do; huggingface_hub's type varies by version)
             pass
         finally:
             hf_logger.setLevel(level)

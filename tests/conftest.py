@@ -69,7 +69,7 @@ def peft_adapters(tmp_path_factory, minilm_path) -> dict[str, Path]:
     return save_minilm_adapters(tmp_path_factory.mktemp("peft-adapters"), minilm_path)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, input: str | None = None):
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, input: str | None = None):
     """Run the real ``adapterstudio`` command in a subprocess."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "adapterstudio", *args], capture_output=True, text=True,

@@ -96,7 +96,7 @@ class TrainingSpec:
     # same split and report the fine-tune's gain over it
     baseline: bool = True
     # after the validation split chose the number of steps, train again from the base on training + validation
-    # rows for that many epochs and export that model (a fifth more data; twice the time; no validation score)
+    # rows for that many epochs and export that model (a quarter more training data; twice the time; no validation score)
     refit: bool = False
     # batches of similar length (less padding, but a batch's labels follow its length where the two correlate).
     # None: auto: random batches when passes are split by a token budget (the split removes the padding

@@ -112,7 +112,7 @@ def refit(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     """``refit``: train again from the base on training + validation rows for the steps selection chose.
 
     The first phase chose the number of steps on the validation split (``selection.json``); this
-    phase uses those rows for training too (a fifth more data with the default split), so the model
+    phase uses those rows for training too (a quarter more with the default 20% split), so the model
     it exports has no validation score of its own: only the test split, when there is one, scores
     it. It costs a second training run. Its checkpoints live in ``RUN_DIR/refit`` (resumable)."""
     import math as _math

@@ -305,8 +305,11 @@ class RunLock:
         self.release()
 
 
-def _probe(path: Path) -> dict[str, Any] | None:
-    """What the holder of the flock on *path* wrote about itself, or None when nobody holds it."""
+def _probe(path: Path, exclusive: bool = False) -> dict[str, Any] | None:
+    """What the holder of the flock on *path* wrote about itself, or None when nobody holds it.
+
+    The probe takes a shared lock (a supervisor holds its lock exclusively), or an exclusive one
+    where the holders share theirs (workers); either way it is dropped when the descriptor closes."""
     if fcntl is None:
         return None
     try:
@@ -315,10 +318,10 @@ def _probe(path: Path) -> dict[str, Any] | None:
         return None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError:
             return _read_info(fd)
-        return None  # closing the descriptor drops the probe's shared lock
+        return None
     finally:
         os.close(fd)
 
@@ -339,22 +342,8 @@ def lock_holder(run_dir: Path) -> dict[str, Any] | None:
 
 def worker_holder(run_dir: Path) -> dict[str, Any] | None:
     """``{"pid", "launch"}`` of a run's live worker (it holds ``worker.lock``), or None."""
-    if fcntl is None:
-        return None
-    path = Path(run_dir) / WORKER_LOCK
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # never started a worker
-        return None
-    try:
-        try:
-            # exclusive: any worker process's shared hold refuses it (a worker starting now waits a moment)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return _read_info(fd)
-        return None
-    finally:
-        os.close(fd)
+    # exclusive: any worker process's shared hold refuses it (a worker starting now waits a moment)
+    return _probe(Path(run_dir) / WORKER_LOCK, exclusive=True)
 
 
 def run_liveness(run_dir: Path) -> tuple[str, dict[str, Any]]:

@@ -425,7 +425,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events, final: 
         "final": final_val, "test": test, "trainable_params": info["trainable_params"], "total_params": info["total_params"],
         "duration_s": duration, "peak_memory": peak_memory(device), "train_examples": len(train_ex),
         "batch_size": mb, "grad_accum": ga, "wall_s": time.time() - t_start,
-        **baseline_comparison(spec, baseline, final_val, test),
+        **baseline_comparison(spec, baseline if spec.baseline else None, final_val, test),  # --no-baseline: not reported
     }
     out_name = "result.json" if final else "selection.json"
     if accelerator.is_main_process:

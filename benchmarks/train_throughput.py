@@ -176,7 +176,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from adapterstudio.core.context import Context
-    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.core.training.spec import TrainingSpec
     from adapterstudio.services import training as T
     from adapterstudio.services.library import open_library
 

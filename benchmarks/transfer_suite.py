@@ -60,7 +60,7 @@ def run_ours(strategy: str, train: Path, test: Path, seed: int, work: Path) -> d
 import json, resource, sys, time
 from adapterstudio.services.library import open_library
 from adapterstudio.services import training as T
-from adapterstudio.ml.training.spec import TrainingSpec
+from adapterstudio.core.training.spec import TrainingSpec
 lib = open_library()
 lib.add_base({minilm()!r}, name="minilm")
 t0 = time.time()

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from adapterstudio.core.errors import InvalidInput
-from adapterstudio.ml.training.data import load_table, prepare
-from adapterstudio.ml.training.spec import TrainingSpec
+from adapterstudio.core.training.data import load_table, prepare
+from adapterstudio.core.training.spec import TrainingSpec
 
 
 def _csv(path, rows, header=("text", "label"), **kw):

@@ -35,8 +35,8 @@ def test_read_since_returns_whole_lines_only(tmp_path):
 
 
 def test_prepared_splits_round_trip_hostile_text(tmp_path):
-    from adapterstudio.ml.training.data import PreparedData, prepare
-    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.core.training.data import PreparedData, prepare
+    from adapterstudio.core.training.spec import TrainingSpec
 
     data = tmp_path / "tweets.csv"
     with data.open("w", encoding="utf-8", newline="") as fh:

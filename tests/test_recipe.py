@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from adapterstudio.ml.training import recipe
-from adapterstudio.ml.training.spec import TrainingSpec
+from adapterstudio.core.training import recipe
+from adapterstudio.core.training.spec import TrainingSpec
 
 
 def _decide(n=500, val=100, labels=None, **kw):

@@ -22,7 +22,7 @@ from adapterstudio.core import jsonl
 from adapterstudio.core.context import Context
 from adapterstudio.core.errors import AlreadyExists, InvalidInput
 from adapterstudio.core.runs import LOCK_FILE, RunLock, RunStore, lock_holder
-from adapterstudio.ml.training.spec import TrainingSpec
+from adapterstudio.core.training.spec import TrainingSpec
 from adapterstudio.services import training as T
 from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
 
@@ -58,7 +58,7 @@ def _killed_at(point: str, action: str, *args: str, timeout: float = 600) -> sub
     """Run a training service call in a child process that SIGKILLs itself at *point*."""
     script = textwrap.dedent("""
         import json, os, signal, sys
-        from adapterstudio.ml.training.spec import TrainingSpec
+        from adapterstudio.core.training.spec import TrainingSpec
         from adapterstudio.services import training as T
         from adapterstudio.services.library import open_library
 

@@ -17,7 +17,7 @@ from adapterstudio.core import jsonl
 from adapterstudio.core.context import Context
 from adapterstudio.core.errors import Cancelled, InvalidInput
 from adapterstudio.core.runs import RunStore
-from adapterstudio.ml.training.spec import TrainingSpec
+from adapterstudio.core.training.spec import TrainingSpec
 from adapterstudio.services import training as T
 from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
 

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from adapterstudio.core.errors import InvalidInput
-from adapterstudio.ml.training.data import load_table, prepare, stratified_split
-from adapterstudio.ml.training.spec import TrainingSpec, batch_token_budget, estimate_memory, group_by_length
+from adapterstudio.core.training.data import load_table, prepare, stratified_split
+from adapterstudio.core.training.spec import TrainingSpec, batch_token_budget, estimate_memory, group_by_length
 
 
 def test_spec_yaml_round_trip_and_defaults(tmp_path):

@@ -102,7 +102,7 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     p.add_argument("--save-every", type=int, default=S, metavar="STEPS", help="checkpoint every N optimizer steps")
     p.add_argument("--quantize", choices=["none", "4bit", "8bit"], default=S, help="QLoRA base (CUDA + bitsandbytes only)")
     p.add_argument("--packing", action="store_true", default=S, help="causal-lm: pack texts into full rows")
-    from adapterstudio.ml.training.data import ALLOW_CHECKS
+    from adapterstudio.core.training.data import ALLOW_CHECKS
 
     p.add_argument("--allow", action="append", default=S, metavar="CHECK[,CHECK]",
                    help="accept data that a check refuses because it is usually a mistake (repeatable): " +
@@ -168,7 +168,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 # -- helpers -------------------------------------------------------------------------
 def build_spec(args: argparse.Namespace):
-    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.core.training.spec import TrainingSpec
 
     cfg = getattr(args, "config", None)
     spec = TrainingSpec.from_yaml(cfg) if cfg else TrainingSpec()

@@ -44,7 +44,7 @@ from adapterstudio.core.errors import AlreadyExists, Cancelled, InvalidInput, No
 from adapterstudio.core.fsutil import atomic_write_text, fsync_dir
 from adapterstudio.core.runs import (EXIT_CANCELLED, EXIT_OOM, RUN_ID_RE, RunLock, RunRecord, RunStore, latest_checkpoint, lock_holder, run_liveness,
                                      worker_holder)
-from adapterstudio.ml.training.spec import TrainingSpec, estimate_memory
+from adapterstudio.core.training.spec import TrainingSpec, estimate_memory
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def resolve_spec(lib: Any, spec: TrainingSpec, prepared: Any = None,
         if v:
             setattr(spec, key, str(Path(v).expanduser().resolve()))
     if prepared is not None:
-        from adapterstudio.ml.training import recipe
+        from adapterstudio.core.training import recipe
 
         if spec.refit and not prepared.validation:
             raise InvalidInput("refit retrains on the training and validation rows for the steps the validation split "
@@ -205,7 +205,7 @@ def _prepare(lib: Any, spec: TrainingSpec, ctx: TaskContext, *, status: str,
     The folder is written as ``runs/.tmp-<id>`` and renamed whole to ``runs/<id>``; the row
     is inserted after. A kill on the way leaves a temporary folder or a folder without a
     row (both swept later), never a queued run with a half-written folder."""
-    from adapterstudio.ml.training.data import PreparedData, prepare
+    from adapterstudio.core.training.data import PreparedData, prepare
 
     checked, base = resolve_spec(lib, spec)
     ctx.log(f"checking and splitting {checked.data}")
@@ -878,7 +878,7 @@ def run_queue(lib: Any, ctx: TaskContext = NULL_CONTEXT, *, limit: int | None = 
 # -- comparison ----------------------------------------------------------------------
 def compare(lib: Any, spec: TrainingSpec, strategies: list[str], ctx: TaskContext = NULL_CONTEXT) -> list[dict[str, Any]]:
     """Train each strategy on the same split; one row per strategy (the playbook's table)."""
-    from adapterstudio.ml.training.data import prepare
+    from adapterstudio.core.training.data import prepare
 
     if not strategies:
         raise InvalidInput("Name at least one strategy to compare (e.g. head,lora,full).")

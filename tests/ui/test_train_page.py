@@ -155,7 +155,7 @@ def test_a_run_whose_supervisor_died_shows_so_and_can_be_resumed(qtbot, tiny_set
     from PySide6.QtCore import Qt
 
     from adapterstudio.core.runs import RunLock, RunStore
-    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.core.training.spec import TrainingSpec
     from adapterstudio.services import training
 
     page, data = tiny_setup

@@ -1,1 +1,3 @@
-"""The fine-tuning engine (spec, data, the Accelerate child process). Heavy imports stay in submodules."""
+"""The fine-tuning engine: the Accelerate child process (`worker`), models and strategies, encoding, batching,
+evaluation and the frozen-feature probe. The spec, data preparation and recipe it runs live in
+`adapterstudio.core.training`. Heavy imports stay in submodules."""

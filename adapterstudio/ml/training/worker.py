@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from adapterstudio.core.runs import hold_worker_lock
 
     _worker_lock = hold_worker_lock(run_dir)  # (held until this process ends: tells apps the worker lives)
-    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.core.training.spec import TrainingSpec
 
     spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")
     job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
@@ -118,7 +118,7 @@ def refit(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     import math as _math
 
     from adapterstudio.core.fsutil import atomic_write_text
-    from adapterstudio.ml.training.data import PreparedData
+    from adapterstudio.core.training.data import PreparedData
 
     selection = json.loads((run_dir / "selection.json").read_text(encoding="utf-8"))
     data = PreparedData.read(run_dir / "data")
@@ -167,7 +167,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events, final: 
     from accelerate.utils import set_seed
 
     from adapterstudio.ml.training import modeling as M
-    from adapterstudio.ml.training.data import PreparedData
+    from adapterstudio.core.training.data import PreparedData
     from adapterstudio.core.metrics import HIGHER_IS_BETTER
 
     t_start = time.time()
@@ -197,7 +197,7 @@ def train(spec: Any, job: dict[str, Any], run_dir: Path, events: Events, final: 
     mb = int(spec.batch_size)
     ga = int(spec.grad_accum)
     lengths = [M.example_tokens(e) for e in train_ex]
-    from adapterstudio.ml.training.spec import batch_token_budget, group_by_length
+    from adapterstudio.core.training.spec import batch_token_budget, group_by_length
 
     budget = batch_token_budget(spec, device.type)
     grouped = group_by_length(spec, device.type)

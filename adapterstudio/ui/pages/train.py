@@ -37,7 +37,7 @@ _ROOT = QModelIndex()
 
 def training_available() -> bool:
     try:
-        import adapterstudio.ml.training.spec  # probing: is the training extra importable
+        import adapterstudio.core.training.spec  # probing: is the training extra importable
         import adapterstudio.services.training  # noqa: F401  (probing)
     except ImportError:
         return False
@@ -47,8 +47,8 @@ def training_available() -> bool:
 # -- tasks: service calls shaped fn(ctx, lib, ...) -------------------------------------------------
 def t_preview(ctx, lib, spec_dict: dict[str, Any]) -> dict[str, Any]:
     """Load, check and split the dataset the way training will; report columns and label counts."""
-    from adapterstudio.ml.training.data import prepare
-    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.core.training.data import prepare
+    from adapterstudio.core.training.spec import TrainingSpec
 
     spec = TrainingSpec.from_dict({k: v for k, v in spec_dict.items() if k not in ("base", "name")} | {"base": "x"})
     prepared = prepare(spec)
@@ -61,7 +61,7 @@ def t_preview(ctx, lib, spec_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def t_estimate(ctx, lib, spec_dict: dict[str, Any]) -> dict[str, Any]:
-    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.core.training.spec import TrainingSpec
     from adapterstudio.services import training
 
     spec = TrainingSpec.from_dict(spec_dict)
@@ -70,7 +70,7 @@ def t_estimate(ctx, lib, spec_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def t_enqueue(ctx, lib, spec_dict: dict[str, Any]):
-    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.core.training.spec import TrainingSpec
     from adapterstudio.services import training
 
     return training.enqueue(lib, TrainingSpec.from_dict(spec_dict), ctx)
@@ -112,7 +112,7 @@ def t_cancel(ctx, lib, run_id: str):
 
 
 def t_compare(ctx, lib, spec_dict: dict[str, Any], strategies: list[str]):
-    from adapterstudio.ml.training.spec import TrainingSpec
+    from adapterstudio.core.training.spec import TrainingSpec
     from adapterstudio.services import training
 
     return training.compare(lib, TrainingSpec.from_dict(spec_dict), strategies, ctx)
@@ -262,7 +262,7 @@ class TrainPage(QWidget):
                                           "train"))
             return
         self.available = True
-        from adapterstudio.ml.training.spec import STRATEGIES, TASKS
+        from adapterstudio.core.training.spec import STRATEGIES, TASKS
 
         self.STRATEGIES, self.TASKS = STRATEGIES, TASKS
         lay.setContentsMargins(24, 20, 24, 12)
@@ -459,7 +459,7 @@ class TrainPage(QWidget):
         self._spec_changed()
 
     def spec_dict(self) -> dict[str, Any]:
-        from adapterstudio.ml.training.spec import TrainingSpec
+        from adapterstudio.core.training.spec import TrainingSpec
 
         from adapterstudio.core.errors import InvalidInput
 

@@ -25,7 +25,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from adapterstudio.ml.training.spec import CLASSIFICATION_TASKS, TrainingSpec, default_lr
+from adapterstudio.core.training.spec import CLASSIFICATION_TASKS, TrainingSpec, default_lr
 
 # optimizer steps a small data set gets; fewer leave the head and the adapter short of converging
 TARGET_STEPS = 300
@@ -124,7 +124,7 @@ def auto_lr(task: str, strategy: str, num_parameters: int) -> float:
 
 
 def apply(spec: TrainingSpec, prepared: Any, num_parameters: int | None = None) -> tuple[TrainingSpec, list[str]]:
-    """:func:`decide` for a prepared data set (``ml.training.data.PreparedData``)."""
+    """:func:`decide` for a prepared data set (``core.training.data.PreparedData``)."""
     labels = [r["label"] for r in prepared.train] if spec.task in ("seq-cls", "image-cls") else None
     return decide(spec, train_size=len(prepared.train), val_size=len(prepared.validation), train_labels=labels,
                   num_parameters=num_parameters)

@@ -285,7 +285,8 @@ def _load_parquet(p: Path) -> list[dict[str, Any]]:
     except ImportError:
         raise InvalidInput("Reading Parquet needs pyarrow: pip install 'adapterstudio[data]'.") from None
     try:
-        return pq.read_table(p).to_pylist()
+        rows: list[dict[str, Any]] = pq.read_table(p).to_pylist()
+        return rows
     except Exception as exc:  # noqa: BLE001  (pyarrow raises several types for corrupt files: re-raised as a sentence)
         raise InvalidInput(f"{p} is not a readable Parquet file ({exc}).") from None
 
@@ -385,7 +386,7 @@ def _target(v: Any, path: Path, row: int, col: str) -> float:
     if isinstance(v, (bytes, bytearray, memoryview)):
         raise InvalidInput(f"{path}: row {row}, column {col!r} holds bytes, not a number.")
     try:
-        fv = float(v)  # type: ignore[arg-type]
+        fv = float(v)
         if fv != fv or isinstance(v, bool):
             raise ValueError
     except (TypeError, ValueError):
@@ -411,8 +412,16 @@ def normalise(table: Table, task: str, spec_columns: dict[str, str | None],
     notes: list[str] = list(table.warnings)
     nul_rows: dict[str, list[int]] = {}
 
-    def _pick(*a: Any, **k: Any) -> str | None:
-        return _pick_column(*a, notes=notes, **k)
+    def _pick(given: str | None, guesses: tuple[str, ...], what: str, flag: str,
+              exclude: tuple[str | None, ...] = ()) -> str:
+        """A column that must exist."""
+        col = _pick_column(cols, given, guesses, what, p, flag, exclude=exclude, notes=notes)
+        assert col is not None  # required=True raises instead of answering None
+        return col
+
+    def _maybe(given: str | None, guesses: tuple[str, ...], what: str, flag: str) -> str | None:
+        """An optional column."""
+        return _pick_column(cols, given, guesses, what, p, flag, required=False, notes=notes)
 
     def _text(v: Any, path: Path, row: int, col: str) -> str:
         return _text_value(v, path, row, col, nul_rows)
@@ -420,9 +429,9 @@ def normalise(table: Table, task: str, spec_columns: dict[str, str | None],
     out: list[dict[str, Any]] = []
     used: dict[str, str | None] = {}
     if task in ("seq-cls", "regression"):
-        tc = _pick(cols, g.get("text_column"), TEXT_GUESSES, "text", p, "--text-column")
-        lc = _pick(cols, g.get("label_column"), LABEL_GUESSES, "label", p, "--label-column", exclude=(tc,))
-        pc = _pick(cols, g.get("text_pair_column"), (), "second text", p, "--text-pair-column", required=False)
+        tc = _pick(g.get("text_column"), TEXT_GUESSES, "text", "--text-column")
+        lc = _pick(g.get("label_column"), LABEL_GUESSES, "label", "--label-column", exclude=(tc,))
+        pc = _maybe(g.get("text_pair_column"), (), "second text", "--text-pair-column")
         used = {"text_column": tc, "label_column": lc, "text_pair_column": pc}
         for i, r in enumerate(table.rows, start=1):
             ex: dict[str, Any] = {"text": _text(r.get(tc), p, i, tc)}
@@ -434,17 +443,17 @@ def normalise(table: Table, task: str, spec_columns: dict[str, str | None],
                 ex["label"] = _label(r.get(lc), p, i, lc)
             out.append(ex)
     elif task == "causal-lm":
-        mc = _pick(cols, g.get("messages_column"), ("messages", "conversations", "chat"), "messages", p,
-                   "--messages-column", required=False)
-        pc = rc = tc = None
+        mc = _maybe(g.get("messages_column"), ("messages", "conversations", "chat"), "messages", "--messages-column")
+        prompt_col: str | None = None
+        response_col: str | None = None
+        text_col: str | None = None
         if not mc:
-            pc = _pick(cols, g.get("prompt_column"), PROMPT_GUESSES, "prompt", p, "--prompt-column", required=False)
-            rc = _pick(cols, g.get("response_column"), RESPONSE_GUESSES, "response", p, "--response-column",
-                       required=False) if pc else None
-            if not (pc and rc):
-                pc = rc = None
-                tc = _pick(cols, g.get("text_column"), TEXT_GUESSES, "text", p, "--text-column")
-        used = {"messages_column": mc, "prompt_column": pc, "response_column": rc, "text_column": tc}
+            prompt_col = _maybe(g.get("prompt_column"), PROMPT_GUESSES, "prompt", "--prompt-column")
+            response_col = _maybe(g.get("response_column"), RESPONSE_GUESSES, "response", "--response-column") if prompt_col else None
+            if not (prompt_col and response_col):
+                prompt_col = response_col = None
+                text_col = _pick(g.get("text_column"), TEXT_GUESSES, "text", "--text-column")
+        used = {"messages_column": mc, "prompt_column": prompt_col, "response_column": response_col, "text_column": text_col}
         for i, r in enumerate(table.rows, start=1):
             if mc:
                 msgs = r.get(mc)
@@ -459,13 +468,14 @@ def normalise(table: Table, task: str, spec_columns: dict[str, str | None],
                 if not any(m["role"] == "assistant" for m in msgs):
                     raise InvalidInput(f"{p}: row {i}, column {mc!r} has no assistant message to learn from.")
                 out.append({"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
-            elif pc and rc:
-                out.append({"prompt": _text(r.get(pc), p, i, pc), "response": _text(r.get(rc), p, i, rc)})
+            elif prompt_col and response_col:
+                out.append({"prompt": _text(r.get(prompt_col), p, i, prompt_col), "response": _text(r.get(response_col), p, i, response_col)})
             else:
-                out.append({"text": _text(r.get(tc), p, i, tc)})  # type: ignore[arg-type]
+                assert text_col is not None  # no messages nor prompt/response: a text column was required
+                out.append({"text": _text(r.get(text_col), p, i, text_col)})
     elif task == "token-cls":
-        tc = _pick(cols, g.get("text_column"), TOKENS_GUESSES, "tokens", p, "--text-column")
-        lc = _pick(cols, g.get("label_column"), TAGS_GUESSES, "tags", p, "--label-column", exclude=(tc,))
+        tc = _pick(g.get("text_column"), TOKENS_GUESSES, "tokens", "--text-column")
+        lc = _pick(g.get("label_column"), TAGS_GUESSES, "tags", "--label-column", exclude=(tc,))
         used = {"text_column": tc, "label_column": lc}
         for i, r in enumerate(table.rows, start=1):
             toks, tags = r.get(tc), r.get(lc)
@@ -479,8 +489,8 @@ def normalise(table: Table, task: str, spec_columns: dict[str, str | None],
                 raise InvalidInput(f"{p}: row {i}, column {lc!r} must hold one tag per word ({len(toks)}).")
             out.append({"tokens": [str(t) for t in toks], "tags": [_label(t, p, i, lc) for t in tags]})
     elif task == "image-cls":
-        ic = _pick(cols, g.get("image_column"), IMAGE_GUESSES, "image", p, "--image-column")
-        lc = _pick(cols, g.get("label_column"), LABEL_GUESSES, "label", p, "--label-column", exclude=(ic,))
+        ic = _pick(g.get("image_column"), IMAGE_GUESSES, "image", "--image-column")
+        lc = _pick(g.get("label_column"), LABEL_GUESSES, "label", "--label-column", exclude=(ic,))
         used = {"image_column": ic, "label_column": lc}
         for i, r in enumerate(table.rows, start=1):
             img = r.get(ic)
@@ -624,7 +634,7 @@ def _check_labels(files: list[tuple[Path, list[dict[str, Any]]]], col: str, allo
                 raise InvalidInput(f"{path}: column {col!r} has {n} label{'s' if n > 1 else ''} that usually "
                                    f"mean{'' if n > 1 else 's'} a missing value ({kinds}), first in row {hits[0][0]}; "
                                    "fix or drop those rows, or pass --allow missing-labels to keep them as a class.")
-    count: Counter = Counter()
+    count: Counter[str] = Counter()
     first: dict[str, tuple[int, int]] = {}  # label -> (file index, row)
     for f, (_, rows) in enumerate(files):
         for i, r in enumerate(rows, start=1):
@@ -633,8 +643,8 @@ def _check_labels(files: list[tuple[Path, list[dict[str, Any]]]], col: str, allo
     nums = [lbl for lbl in count if _NUMBER.fullmatch(lbl)]
     words = [lbl for lbl in count if not _NUMBER.fullmatch(lbl) and lbl.casefold() not in MISSING_LABELS]
     if nums and words and "mixed-labels" not in allow:
-        kinds = [("numbers", nums), ("words", words)]
-        (major, big), (minor, small) = sorted(kinds, key=lambda k: -sum(count[lbl] for lbl in k[1]))
+        kinds_ = [("numbers", nums), ("words", words)]
+        (major, big), (minor, small) = sorted(kinds_, key=lambda k: -sum(count[lbl] for lbl in k[1]))
         odd = min(small, key=lambda lbl: first[lbl])
         f, row = first[odd]
         raise InvalidInput(f"{files[f][0]}: column {col!r} mixes {major} ({rows_(sum(count[lbl] for lbl in big))}, "
@@ -668,7 +678,7 @@ def _check_targets(files: list[tuple[Path, list[dict[str, Any]]]], col: str) -> 
     return []
 
 
-def _sorted_labels(counts: Counter) -> list[str]:
+def _sorted_labels(counts: Counter[str]) -> list[str]:
     keys = list(counts)
     try:
         return [str(k) for k in sorted(keys, key=lambda k: float(k))]

@@ -260,7 +260,7 @@ class TrainingSpec:
         if self.packing and self.task != "causal-lm":
             bad("packing only applies to the causal-lm task")
         if self.allow:
-            from adapterstudio.ml.training.data import ALLOW_CHECKS
+            from adapterstudio.core.training.data import ALLOW_CHECKS
 
             unknown = [a for a in self.allow if a not in ALLOW_CHECKS]
             if unknown:
@@ -403,7 +403,7 @@ def estimate_memory(spec: TrainingSpec, config: dict[str, Any], num_parameters: 
     total = int((weights + grads + opt + act) * 1.2)  # 20% for allocator slack and buffers
     fits = None if available is None else total <= available
     notes = []
-    if fits is False:
+    if available is not None and not fits:
         notes.append(f"needs about {total / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is free on {device}; "
                      "lower max_batch_tokens, batch_size or max_length, or use lora instead of full")
     return MemoryEstimate(weights, grads, opt, act, total, available, device, fits, notes)

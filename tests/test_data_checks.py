@@ -75,6 +75,30 @@ def test_a_stray_quote_closed_later_is_warned_about(tmp_path):
     assert any("row 3, column 'text' spans 7 lines, 6 of which look like rows of their own" in w for w in prep.warnings)
 
 
+def test_the_preview_service_reports_what_training_will_see(tmp_path):
+    """services.datasets.preview (the Train page's dataset preview): the columns, label counts over every split,
+    the split sizes and the data checks' warnings of the same preparation training does."""
+    from adapterstudio.services.datasets import preview
+
+    lines = ["text,label"] + [f"{t},{lab}" for t, lab in ROWS]
+    lines[3] = '"review number 2 opens a quote,neg'
+    lines[9] = '"quoted" word,pos'  # rows 3-8 merge into one, as above
+    p = tmp_path / "d.csv"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prep = prepare(_spec(p, test_fraction=0.1))
+    pv = preview(_spec(p, test_fraction=0.1))
+    assert pv.columns == prep.columns == {**pv.columns, "text_column": "text", "label_column": "label"}
+    assert pv.labels == prep.labels == ["neg", "pos"]
+    assert pv.sizes == {"train": len(prep.train), "validation": len(prep.validation), "test": len(prep.test)}
+    assert sum(pv.sizes.values()) == 34 and pv.sizes["test"] > 0
+    labels = [r["label"] for r in prep.train + prep.validation + prep.test]
+    assert pv.label_counts == {"neg": labels.count("neg"), "pos": labels.count("pos")}
+    assert pv.warnings == prep.warnings and any("spans 7 lines" in w for w in pv.warnings)
+    assert pv.dataset["rows"] == 34 and pv.dataset["format"] == prep.dataset["format"]
+    assert pv.sample == prep.train[:5]
+    with pytest.raises(InvalidInput, match="missing.csv does not exist"):
+        preview(_spec(tmp_path / "missing.csv"))
+
 def test_a_field_over_the_csv_module_limit_is_read_whole(tmp_path):
     big = "word " * 40_000  # 200,000 characters; the csv default limit is 131,072
     rows = [(big if i == 3 else f"short {i}", "pos" if i % 2 else "neg") for i in range(10)]

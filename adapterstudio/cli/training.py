@@ -267,17 +267,13 @@ def _fmt_metric(run: Any) -> str:
     return "-"
 
 
-def _status_text(run: Any) -> str:
-    return "running (supervisor gone)" if run.supervisor_gone else run.status
-
-
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from adapterstudio.core.runs import RunStore
 
     lib = open_lib(args)
     rs = RunStore(lib.catalogue).list(status=args.status)
     emit(args, [r.to_json() for r in rs], lambda: table(
-        [[r.id, r.name, _status_text(r), r.spec.get("strategy"), r.base, r.world_size,
+        [[r.id, r.name, r.shown_status, r.spec.get("strategy"), r.base, r.world_size,
           f"{r.duration_s:.0f}s" if r.duration_s is not None else None, _fmt_metric(r)] for r in rs],
         ["RUN", "NAME", "STATUS", "STRATEGY", "BASE", "WORLD", "TIME", "METRIC"]) if rs else "no training runs")
     return 0
@@ -291,7 +287,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     d = {**r.to_json(), **baseline.fields(r.metrics)}
 
     def text() -> str:
-        lines = [f"run {r.id} ({r.name}): {_status_text(r)}", f"base: {r.base}", f"adapter: {r.adapter or '-'}",
+        lines = [f"run {r.id} ({r.name}): {r.shown_status}", f"base: {r.base}", f"adapter: {r.adapter or '-'}",
                  f"world_size: {r.world_size or '-'}", f"last checkpoint: {r.last_checkpoint or '-'}",
                  f"duration: {r.duration_s:.1f}s" if r.duration_s is not None else "duration: -",
                  f"folder: {r.run_dir}"]

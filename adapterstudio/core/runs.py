@@ -79,6 +79,16 @@ class RunRecord:
             return (self.finished_at or time.time()) - self.started_at
         return None
 
+    @property
+    def shown_status(self) -> str:
+        """The status as run lists show it: 'running (supervisor gone)' while only its worker runs."""
+        return "running (supervisor gone)" if self.supervisor_gone else self.status
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped, or running without its supervisor (resuming follows its worker, then takes the run over)."""
+        return self.status in RESUMABLE or self.supervisor_gone
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("extra", None)

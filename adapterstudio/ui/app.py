@@ -5,17 +5,26 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PySide6.QtWidgets import QApplication
 
 
-def create_app(argv: list[str] | None = None):
+def create_app(argv: list[str] | None = None) -> QApplication:
     """The QApplication, with our name, icon and theme (created once)."""
     from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QApplication
 
-    app = QApplication.instance()
-    if app is None:
+    existing = QApplication.instance()
+    if existing is None:
         QApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
         app = QApplication(argv if argv is not None else sys.argv[:1])
+    elif isinstance(existing, QApplication):
+        app = existing
+    else:
+        raise RuntimeError("a QCoreApplication without widgets already runs in this process; the desktop app "
+                           "needs a QApplication")
     app.setApplicationName("AdapterStudio")
     app.setOrganizationName("AdapterStudio")
     app.setApplicationDisplayName("AdapterStudio")

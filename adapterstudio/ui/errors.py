@@ -111,7 +111,7 @@ class ExceptionHook:
         sys.excepthook = self._prev_hook
         threading.excepthook = self._prev_thread_hook
 
-    def _hook(self, etype: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    def _hook(self, etype: type[BaseException], value: BaseException | None, tb: TracebackType | None) -> None:
         if issubclass(etype, KeyboardInterrupt):
             app = QApplication.instance()
             if app is not None:

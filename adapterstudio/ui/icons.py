@@ -60,8 +60,8 @@ def icon(name: str, color: str | QColor | None = None) -> QIcon:
     elif color == "text":
         from PySide6.QtWidgets import QApplication
 
-        app = QApplication.instance()
-        color = app.palette().windowText().color().name() if app is not None else "#333333"  # type: ignore[attr-defined]
+        color = (QApplication.palette().windowText().color().name() if isinstance(QApplication.instance(), QApplication)
+                 else "#333333")
     elif isinstance(color, QColor):
         color = color.name()
     key = (name, color)

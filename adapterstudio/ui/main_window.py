@@ -28,7 +28,7 @@ def _make_page(key: str, session: Session) -> QWidget:
 
         return LibraryPage(session)
     if key == "train":
-        from adapterstudio.ui.pages.train import TrainPage
+        from adapterstudio.ui.pages.train.page import TrainPage
 
         return TrainPage(session)
     if key == "playground":
@@ -157,7 +157,7 @@ class MainWindow(QMainWindow):
             return
         self.stack.setCurrentIndex(row)
         page = self.stack.widget(row)
-        if hasattr(page, "activated"):
+        if page is not None and hasattr(page, "activated"):
             page.activated()
 
     def _navigate(self, key: str, arg: object) -> None:
@@ -169,7 +169,8 @@ class MainWindow(QMainWindow):
     # -- theme -------------------------------------------------------------------------
     def apply_theme(self, name: str) -> None:
         app = QApplication.instance()
-        theme.apply(app, name)  # type: ignore[arg-type]
+        if isinstance(app, QApplication):
+            theme.apply(app, name)
         from adapterstudio.ui.models import reset_icon_cache
 
         reset_icon_cache()
@@ -237,7 +238,7 @@ class MainWindow(QMainWindow):
         self.save_state()
         if self.busy_pages() and not getattr(self, "_quitting", False) and QSystemTrayIcon.isSystemTrayAvailable():
             # Training keeps going: the window hides to the tray and comes back from there.
-            QApplication.instance().setQuitOnLastWindowClosed(False)  # type: ignore[union-attr]
+            QApplication.setQuitOnLastWindowClosed(False)
             tray = self._tray()
             tray.show()
             tray.showMessage("AdapterStudio", "Training continues in the background; click here to reopen the window.",

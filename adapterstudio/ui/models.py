@@ -11,7 +11,7 @@ import datetime as _dt
 from collections.abc import Sequence
 from typing import Any
 
-from PySide6.QtCore import (QAbstractItemModel, QAbstractListModel, QAbstractTableModel, QModelIndex,
+from PySide6.QtCore import (QAbstractItemModel, QAbstractListModel, QAbstractTableModel, QModelIndex, QObject,
                             QPersistentModelIndex, QSortFilterProxyModel, Qt)
 from PySide6.QtGui import QColor
 
@@ -77,10 +77,13 @@ def reset_icon_cache() -> None:
 # -- adapters as a table -------------------------------------------------------------------
 class RowTableModel(QAbstractTableModel):
     """A flat table over a Python list of rows: ``COLUMNS`` names the columns and
-    ``_rows`` (a list set by the subclass) holds one item per row."""
+    ``_rows`` (a list the subclass fills) holds one item per row."""
 
     COLUMNS: tuple[str, ...] = ()
-    _rows: list
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._rows: list[Any] = []
 
     def rowCount(self, parent: Index = _ROOT) -> int:
         return 0 if parent.isValid() else len(self._rows)
@@ -117,33 +120,33 @@ class AdapterTableModel(RowTableModel):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self._records: list[AdapterRecord] = []
+        self._rows: list[AdapterRecord] = []
         self._display: list[tuple[str, ...]] = []
         self._sort: list[tuple[Any, ...]] = []
 
     # content
     def set_records(self, records: Sequence[AdapterRecord]) -> None:
         self.beginResetModel()
-        self._records = list(records)
-        self._display = [self._display_row(r) for r in self._records]
-        self._sort = [self._sort_row(r) for r in self._records]
+        self._rows = list(records)
+        self._display = [self._display_row(r) for r in self._rows]
+        self._sort = [self._sort_row(r) for r in self._rows]
         self.endResetModel()
 
     def update_record(self, rec: AdapterRecord) -> None:
         """Replace the record with the same id (after rename, tag, notes)."""
-        for i, r in enumerate(self._records):
+        for i, r in enumerate(self._rows):
             if r.id == rec.id:
-                self._records[i] = rec
+                self._rows[i] = rec
                 self._display[i] = self._display_row(rec)
                 self._sort[i] = self._sort_row(rec)
                 self.dataChanged.emit(self.index(i, 0), self.index(i, len(self.COLUMNS) - 1))
                 return
 
     def records(self) -> list[AdapterRecord]:
-        return list(self._records)
+        return list(self._rows)
 
     def row_of(self, name: str) -> int:
-        for i, r in enumerate(self._records):
+        for i, r in enumerate(self._rows):
             if r.name.lower() == name.lower():
                 return i
         return -1
@@ -160,17 +163,13 @@ class AdapterTableModel(RowTableModel):
                 r.size_bytes, ", ".join(r.tags).lower(), r.source, r.created_at)
 
     # Qt interface (rowCount, columnCount, headerData: RowTableModel)
-    @property
-    def _rows(self) -> list:
-        return self._records
-
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
-        if not index.isValid() or not (0 <= index.row() < len(self._records)):
+        if not index.isValid() or not (0 <= index.row() < len(self._rows)):
             return None
         row, col = index.row(), index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display[row][col]
-        rec = self._records[row]
+        rec = self._rows[row]
         if role == SortRole:
             return self._sort[row][col]
         if role == RecordRole:
@@ -262,6 +261,7 @@ class LibraryTreeModel(QAbstractItemModel):
             return QModelIndex()
         return self.createIndex(row, column, parent.row() + 1)
 
+    # the stubs type QObject.parent() and QAbstractItemModel.parent(index) as one method; Qt has both
     def parent(self, index: Index = _ROOT) -> QModelIndex:  # type: ignore[override]
         if not index.isValid() or not self._is_child(index):
             return QModelIndex()

@@ -38,7 +38,7 @@ class WorkerSignals(QObject):
     started = Signal()
     progress = Signal(float, object, str)  # done, total (float or None), message
     log = Signal(str)
-    event = Signal(object)  # free-form events a function posts with ctx.emit(...) (e.g. tokens, metrics)
+    posted = Signal(object)  # free-form events a function posts with ctx.emit(...) (e.g. tokens, metrics)
     result = Signal(object)
     error = Signal(object)  # the exception; its formatted traceback is on worker.traceback
     cancelled = Signal()
@@ -65,7 +65,7 @@ class WorkerContext(Context):
 
     def emit(self, event: Any) -> None:
         """Post an arbitrary event (a streamed token, a metrics row...) to the GUI thread."""
-        self._signals.event.emit(event)
+        self._signals.posted.emit(event)
 
 
 class Worker(QRunnable):
@@ -126,7 +126,7 @@ class Worker(QRunnable):
             self.state = "failed"
             self.exception = exc
             try:
-                exc.__adapterstudio_traceback__ = self.traceback  # type: ignore[attr-defined]
+                exc.__adapterstudio_traceback__ = self.traceback  # type: ignore[attr-defined]  # travels with it
             except AttributeError:
                 pass
             sig.error.emit(exc)
@@ -201,7 +201,7 @@ class Runner(QObject):
         s = w.signals
         on_result, on_progress, on_log, on_event, on_cancelled, on_error, on_finished = (
             _tolerate_deleted(cb) for cb in (on_result, on_progress, on_log, on_event, on_cancelled, on_error, on_finished))
-        for signal, cb in ((s.result, on_result), (s.progress, on_progress), (s.log, on_log), (s.event, on_event),
+        for signal, cb in ((s.result, on_result), (s.progress, on_progress), (s.log, on_log), (s.posted, on_event),
                            (s.cancelled, on_cancelled), (s.error, on_error)):
             if cb is not None:
                 signal.connect(cb)

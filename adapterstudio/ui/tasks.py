@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -80,7 +81,7 @@ def rename_adapter(ctx, lib, name: str, new_name: str):
     return lib.rename_adapter(name, new_name)
 
 
-def tag_adapter(ctx, lib, name: str, add: list[str] = (), remove: list[str] = ()):  # type: ignore[assignment]
+def tag_adapter(ctx, lib, name: str, add: Sequence[str] = (), remove: Sequence[str] = ()):
     return lib.tag_adapter(name, add=list(add), remove=list(remove))
 
 

@@ -28,12 +28,12 @@ def resolve(name: str) -> str:
     """'light' or 'dark' for a setting value of light, dark or system."""
     if name in ("light", "dark"):
         return name
-    app = QApplication.instance()
+    if not isinstance(QApplication.instance(), QApplication):
+        return "light"
     try:
-        scheme = app.styleHints().colorScheme()  # type: ignore[union-attr]
-        if scheme == Qt.ColorScheme.Dark:
+        if QApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark:
             return "dark"
-    except AttributeError:
+    except AttributeError:  # Qt before 6.5 has no colour scheme hint
         pass
     return "light"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QToolButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton, QSizePolicy,
+                               QToolButton, QVBoxLayout, QWidget)
 
 from adapterstudio.ui.icons import icon
 from adapterstudio.ui.runner import Runner, Worker
@@ -28,6 +28,13 @@ def muted(text: str, wrap: bool = True) -> QLabel:
 def primary(button: QPushButton) -> QPushButton:
     button.setProperty("primary", True)
     return button
+
+
+def show_status(widget: QWidget, text: str, ms: int) -> None:
+    """Show *text* for *ms* milliseconds in the status bar of *widget*'s main window (if it is in one)."""
+    win = widget.window()
+    if isinstance(win, QMainWindow):
+        win.statusBar().showMessage(text, ms)
 
 
 def tool_button(icon_name: str, tip: str, shortcut: str | None = None) -> QToolButton:

@@ -31,25 +31,25 @@ def test_register_train_browse_play_push(qtbot, window, minilm_path, tmp_path, s
     # 2. train a small LoRA from the Train page
     train = window.pages["train"]
     window.show_page("train")
-    qtbot.waitUntil(lambda: train.base.findText("minilm") >= 0, timeout=20000)
-    train.base.setCurrentText("minilm")
-    train.data.setText(str(data))
-    train.strategy.setCurrentText("lora")
-    train.epochs.setValue(2)
-    train.max_length.setValue(16)
-    train.cpu.setChecked(True)
-    train.name.setText("vader-lora")
+    qtbot.waitUntil(lambda: train.form.base.findText("minilm") >= 0, timeout=20000)
+    train.form.base.setCurrentText("minilm")
+    train.form.data.setText(str(data))
+    train.form.strategy.setCurrentText("lora")
+    train.form.epochs.setValue(2)
+    train.form.max_length.setValue(16)
+    train.form.cpu.setChecked(True)
+    train.form.name.setText("vader-lora")
     with StallMeter(window.runner) as meter:
-        wait_worker(qtbot, train.enqueue(start=False))
-        with qtbot.waitSignal(train.run_finished, timeout=600000) as done:
-            queue = train.start_queue()
+        wait_worker(qtbot, train.form.enqueue(start=False))
+        with qtbot.waitSignal(train.jobs.run_finished, timeout=600000) as done:
+            queue = train.jobs.start_queue()
         wait_worker(qtbot, queue, timeout=600000)
     report("MiniLM LoRA training from the window", meter.summary())
     assert done.args[0].status == "succeeded", done.args[0].error
 
     # 3. it is in the library, with its lineage and curves
     with qtbot.waitSignal(lib_page.loaded, timeout=30000):
-        train.open_selected()
+        train.jobs.open_selected()
     qtbot.waitUntil(lambda: lib_page.selected_name() == "vader-lora", timeout=20000)
     qtbot.waitUntil(lambda: lib_page.detail.adapter.record is not None
                     and lib_page.detail.adapter.record.name == "vader-lora", timeout=20000)

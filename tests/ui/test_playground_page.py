@@ -60,7 +60,7 @@ def test_load_switch_chat_compare_blend(qtbot, window, chat_page, lib):
         page.max_new.setValue(24)
         page.temperature.setValue(0)
         w = page.send("hello")
-        w.signals.event.connect(pieces.append)
+        w.signals.posted.connect(pieces.append)
         reply = wait_worker(qtbot, w, timeout=120000)
         # (a random tiny model emits invalid UTF-8, which the streamer holds back until it decodes)
         assert reply and len(pieces) >= 1 and "".join(pieces) == reply

@@ -1,1 +1,1 @@
-"""One module per page of the main window."""
+"""One module (or package) per page of the main window."""

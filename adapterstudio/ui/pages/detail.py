@@ -349,12 +349,16 @@ class BaseDetail(QWidget):
         v.setContentsMargins(0, 0, 0, 0)
         head, self.icon_label, self.name_label = _title_row()
         self.remove_btn = tool_button("remove", "Forget this base (its files are not touched)")
-        self.remove_btn.clicked.connect(lambda: self.record and self.remove_requested.emit(self.record.name))
+        self.remove_btn.clicked.connect(self._remove_clicked)
         head.addWidget(self.remove_btn)
         v.addLayout(head)
         self.info = QTextBrowser()
         v.addWidget(self.info, 1)
         self.record: BaseRecord | None = None
+
+    def _remove_clicked(self) -> None:
+        if self.record is not None:
+            self.remove_requested.emit(self.record.name)
 
     def set_details(self, details: dict[str, Any]) -> None:
         b: BaseRecord = details["record"]
@@ -396,7 +400,7 @@ class DetailPane(QStackedWidget):
         ll = QVBoxLayout(loading)
         ll.addWidget(muted("Loading…"), 0, Qt.AlignmentFlag.AlignCenter)
         self.addWidget(loading)
-        self._pending = None
+        self._pending: tuple[str, str] | None = None  # (kind, name) of the newest selection
         self.bases: list[BaseRecord] = []
 
     def show_adapter(self, name: str):

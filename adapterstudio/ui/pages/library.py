@@ -20,7 +20,7 @@ from adapterstudio.ui.models import (AdapterFilterProxy, AdapterTableModel, Kind
 from adapterstudio.ui.pages.detail import DetailPane
 from adapterstudio.ui.runner import Worker
 from adapterstudio.ui.session import Session
-from adapterstudio.ui.widgets import Card, muted, primary, title_label, tool_button
+from adapterstudio.ui.widgets import Card, muted, primary, show_status, title_label, tool_button
 
 
 class FirstRun(QWidget):
@@ -314,7 +314,7 @@ class LibraryPage(QWidget):
             "export": act("Export…", "export", lambda: self._with_selected(self._ask_export), "Ctrl+E"),
             "remove": act("Remove", "remove", lambda: self._with_selected(self._ask_remove), QKeySequence.StandardKey.Delete),
             "import": act("Import adapter…", "import", self._pick_import, "Ctrl+I", views=False),
-            "find": act("Search", "search", lambda: (self.search.setFocus(), self.search.selectAll()), "Ctrl+F", views=False),
+            "find": act("Search", "search", self._focus_search, "Ctrl+F", views=False),
             "refresh": act("Refresh", "refresh", self.refresh, "F5", views=False),
         }
 
@@ -441,6 +441,10 @@ class LibraryPage(QWidget):
         if isinstance(name, str) and not self.select(name):
             self._focus_after_load = name
 
+    def _focus_search(self) -> None:
+        self.search.setFocus()
+        self.search.selectAll()
+
     def _with_selected(self, fn) -> None:
         name = self.selected_name()
         if name:
@@ -525,8 +529,7 @@ class LibraryPage(QWidget):
 
     def export(self, name: str, dest: str) -> Worker:
         w = self.session.run(tasks.export_adapter, name, dest, label=f"export {name}")
-        w.signals.result.connect(lambda p: self.window().statusBar().showMessage(f"Exported to {p}", 8000)
-                                 if hasattr(self.window(), "statusBar") else None)
+        w.signals.result.connect(lambda p: show_status(self, f"Exported to {p}", 8000))
         return w
 
     # dialogs in front of the actions
@@ -568,8 +571,7 @@ class LibraryPage(QWidget):
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802
         if self._local_paths(event):
             event.acceptProposedAction()
-            self.window().statusBar().showMessage("Drop to import the adapter", 3000) if hasattr(
-                self.window(), "statusBar") else None
+            show_status(self, "Drop to import the adapter", 3000)
         else:
             event.ignore()
 

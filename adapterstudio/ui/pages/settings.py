@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
@@ -138,8 +139,12 @@ class SettingsPage(QWidget):
         outer.addLayout(buttons)
         self.setEnabled(False)
         self.plugin_rows: list[dict] = []
-        session.opened.connect(lambda _lib: (self.load_from_library(), self.refresh_plugins()))
+        session.opened.connect(self._library_opened)
         self.plugins_group.setVisible(registry_available())
+
+    def _library_opened(self, _lib: Any) -> None:
+        self.load_from_library()
+        self.refresh_plugins()
 
     def activated(self) -> None:
         self.refresh_plugins()
@@ -241,7 +246,9 @@ class SettingsPage(QWidget):
         else:
             from adapterstudio.ui import theme
 
-            theme.apply(QApplication.instance(), name)  # type: ignore[arg-type]
+            app = QApplication.instance()
+            if isinstance(app, QApplication):
+                theme.apply(app, name)
 
 
 __all__ = ["SettingsPage", "QLabel"]

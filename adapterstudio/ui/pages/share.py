@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import (QAbstractListModel, QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, Signal)
-from PySide6.QtGui import QColor, QFont, QPainter
+from PySide6.QtGui import QColor, QFont, QPainter, QStandardItemModel
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout,
                                QInputDialog, QLabel, QLineEdit, QListView, QProgressBar, QPushButton, QSplitter,
                                QStyle, QStyledItemDelegate, QStyleOptionViewItem, QTabWidget, QTextBrowser,
@@ -380,8 +380,9 @@ class SharePage(QWidget):
             i = self.provider.count() - 1
             self.provider.setItemData(i, e.error or (f"{e.distribution} {e.version}" if e.distribution else e.value),
                                       Qt.ItemDataRole.ToolTipRole)
-            if not e.ok:
-                self.provider.model().item(i).setEnabled(False)
+            model = self.provider.model()
+            if not e.ok and isinstance(model, QStandardItemModel):  # (a combo box's own model)
+                model.item(i).setEnabled(False)
         i = self.provider.findData(current or default)
         self.provider.setCurrentIndex(max(0, i))
         self.provider.blockSignals(False)
@@ -496,9 +497,14 @@ class SharePage(QWidget):
         w = self.session.run(t_pull, self.provider_name(), repo_id, name, label=f"pull {repo_id}", changes=True,
                              on_progress=self._pull_progress)
         w.signals.result.connect(self._pulled)
-        w.signals.error.connect(lambda _e: (self.pull_progress.setVisible(False), self.pull_status.setText("")))
-        w.signals.cancelled.connect(lambda: (self.pull_progress.setVisible(False), self.pull_status.setText("Cancelled.")))
+        w.signals.error.connect(lambda _e: self._transfer_ended(""))
+        w.signals.cancelled.connect(lambda: self._transfer_ended("Cancelled."))
         return w
+
+    def _transfer_ended(self, status: str) -> None:
+        """A pull or push that did not finish: hide its progress and say *status*."""
+        self.pull_progress.setVisible(False)
+        self.pull_status.setText(status)
 
     def _pull_progress(self, done: float, total: float | None, message: str) -> None:
         if total:
@@ -527,7 +533,7 @@ class SharePage(QWidget):
 
     def _adapter_names(self) -> list[str]:
         """The adapters the Library page last listed (no catalogue query on the GUI thread)."""
-        lib_page = self.window().pages.get("library") if hasattr(self.window(), "pages") else None
+        lib_page = getattr(self.window(), "pages", {}).get("library")  # (the main window's pages)
         if lib_page is not None:
             return [a.name for a in lib_page.snapshot["adapters"]]
         return []
@@ -539,7 +545,7 @@ class SharePage(QWidget):
         w = self.session.run(t_push, self.provider_name(), adapter, repo_id, private, label=f"push {adapter}",
                              on_progress=self._pull_progress)
         w.signals.result.connect(self._pushed)
-        w.signals.error.connect(lambda _e: (self.pull_progress.setVisible(False), self.pull_status.setText("")))
+        w.signals.error.connect(lambda _e: self._transfer_ended(""))
         return w
 
     def _pushed(self, res: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ def _make_page(key: str, session: Session) -> QWidget:
 
         return TrainPage(session)
     if key == "playground":
-        from adapterstudio.ui.pages.playground import PlaygroundPage
+        from adapterstudio.ui.pages.playground.page import PlaygroundPage
 
         return PlaygroundPage(session)
     if key == "share":

@@ -71,29 +71,29 @@ def test_load_switch_chat_compare_blend(qtbot, window, chat_page, lib):
     assert s["max_ms"] < 100, (s, meter.slow)
 
     # greedy outputs differ between adapters on the same prompt (side by side)
-    page.set_checked(["chat-a", "chat-b", None])
-    res = wait_worker(qtbot, page.compare("Roses are"), timeout=120000)
+    page.compare_tab.set_checked(["chat-a", "chat-b", None])
+    res = wait_worker(qtbot, page.compare_tab.compare("Roses are"), timeout=120000)
     assert set(res) == {"chat-a", "chat-b", "base"}
-    assert len(page.compare_views) == 3
+    assert len(page.compare_tab.views) == 3
     assert len(set(res.values())) > 1
 
     # blends: a slider sets a weight; live changes apply without merging
-    assert set(page.blend_sliders) == {"chat-a", "chat-b"}  # LoRA only
-    page.blend_sliders["chat-a"].setValue(70)
-    page.blend_sliders["chat-b"].setValue(30)
-    wait_worker(qtbot, page.apply_blend())
+    assert set(page.blend_tab.sliders) == {"chat-a", "chat-b"}  # LoRA only
+    page.blend_tab.sliders["chat-a"].setValue(70)
+    page.blend_tab.sliders["chat-b"].setValue(30)
+    wait_worker(qtbot, page.blend_tab.apply())
     assert "0.70·chat-a" in page.switch_label.text()
-    page.blend_sliders["chat-b"].setValue(50)  # applied live after a short debounce
-    qtbot.waitUntil(lambda: page.blend_status.text() == "active: 0.70·chat-a + 0.50·chat-b", timeout=20000)
+    page.blend_tab.sliders["chat-b"].setValue(50)  # applied live after a short debounce
+    qtbot.waitUntil(lambda: page.blend_tab.status.text() == "active: 0.70·chat-a + 0.50·chat-b", timeout=20000)
 
     # the saved prompt set, run across the checked adapters
-    page.prompt_set.setPlainText("Roses are\nThe sky is")
-    path = wait_worker(qtbot, page.save_prompts())
+    page.prompt_set_tab.editor.setPlainText("Roses are\nThe sky is")
+    path = wait_worker(qtbot, page.prompt_set_tab.save())
     assert path.read_text().count("Roses are") == 1
-    page.set_checked(["chat-a", "chat-ia3"])
-    out = wait_worker(qtbot, page.run_prompt_set(), timeout=120000)
+    page.compare_tab.set_checked(["chat-a", "chat-ia3"])
+    out = wait_worker(qtbot, page.prompt_set_tab.run(), timeout=120000)
     assert list(out) == ["Roses are", "The sky is"] and set(out["Roses are"]) == {"chat-a", "chat-ia3"}
-    assert page.set_table.rowCount() == 2 and page.set_table.columnCount() == 2
+    assert page.prompt_set_tab.table.rowCount() == 2 and page.prompt_set_tab.table.columnCount() == 2
 
 
 def test_classifier_probabilities_and_open_from_library(qtbot, window, minilm_path, tmp_path):
@@ -115,6 +115,6 @@ def test_classifier_probabilities_and_open_from_library(qtbot, window, minilm_pa
     probs = results[0]["probabilities"]
     assert len(probs) == 2 and abs(sum(probs.values()) - 1) < 1e-4
     assert page.probs.rowCount() == 2 and page.probs.isVisibleTo(page)
-    page.set_checked(["lora-a", "lora-b"])
-    res = wait_worker(qtbot, page.compare("a wonderful, happy day"))
+    page.compare_tab.set_checked(["lora-a", "lora-b"])
+    res = wait_worker(qtbot, page.compare_tab.compare("a wonderful, happy day"))
     assert set(res) == {"lora-a", "lora-b"} and res["lora-a"]["probabilities"] != res["lora-b"]["probabilities"]

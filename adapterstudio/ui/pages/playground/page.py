@@ -3,31 +3,30 @@ streaming output (causal LMs) or see label probabilities (classifiers), compare 
 same prompt, blend adapters with live sliders, and run a saved prompt set across adapters.
 
 Everything runs on the accelerator slot through :mod:`adapterstudio.services.inference`; the
-page keeps one :class:`~adapterstudio.services.inference.Inference` per loaded base.
+page keeps one :class:`~adapterstudio.services.inference.Inference` per loaded base. This
+module holds the page, the adapter list and the Try tab; the Compare and Prompt set tabs
+are in :mod:`.compare`, the Blend tab in :mod:`.blend`.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import time
-from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton, QSlider,
-                               QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QTextBrowser,
-                               QVBoxLayout, QWidget)
+from PySide6.QtCore import QByteArray, Qt, Signal
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
+                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QSplitter, QTableWidget,
+                               QTableWidgetItem, QTabWidget, QTextBrowser, QVBoxLayout, QWidget)
 
+from adapterstudio.core.context import Context
 from adapterstudio.ui import theme
 from adapterstudio.ui.icons import icon
-from adapterstudio.ui.runner import ACCEL, Worker
+from adapterstudio.ui.pages.playground.blend import BlendTab, blend_text
+from adapterstudio.ui.pages.playground.compare import BASE_ITEM, CompareTab, PromptSetTab
+from adapterstudio.ui.runner import ACCEL, Worker, WorkerContext
 from adapterstudio.ui.session import Session
 from adapterstudio.ui.widgets import PagePlaceholder, muted, primary, title_label
-
-BASE_ITEM = "Base model only (adapters off)"
-PROMPTS_FILE = "playground-prompts.json"
 
 
 def inference_available() -> bool:
@@ -39,7 +38,7 @@ def inference_available() -> bool:
 
 
 # -- tasks: service calls shaped fn(ctx, lib, ...) --------------------------------------------------
-def t_load(ctx, lib, base: str, first_adapter: str | None = None):
+def t_load(ctx: Context, lib: Any, base: str, first_adapter: str | None = None) -> dict[str, Any]:
     """Open the base and load its weights once (progress from the session)."""
     from adapterstudio.services.inference import open_inference
 
@@ -55,22 +54,23 @@ def t_load(ctx, lib, base: str, first_adapter: str | None = None):
     return {"inference": inf, **_mode(inf)}
 
 
-def _mode(inf) -> dict[str, Any]:
+def _mode(inf: Any) -> dict[str, Any]:
     sess = inf.active
     return {"task": sess.task}
 
 
-def t_use(ctx, lib, inf, adapter: str | None):
+def t_use(ctx: Context, lib: Any, inf: Any, adapter: str | None) -> dict[str, Any]:
     t = time.perf_counter()
     inf.use(adapter, ctx)
     return {"adapter": adapter, "ms": (time.perf_counter() - t) * 1000.0, **_mode(inf)}
 
 
-def t_classify(ctx, lib, inf, texts: list[str], adapters: list[str | None] | None = None):
+def t_classify(ctx: Context, lib: Any, inf: Any, texts: list[str],
+               adapters: list[str | None] | None = None) -> list[dict[str, Any]]:
     return inf.classify(texts, adapters)
 
 
-def t_generate(ctx, lib, inf, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+def t_generate(ctx: WorkerContext, lib: Any, inf: Any, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
     """Stream the reply: each piece is posted as an event; cancel stops the generation."""
     out = []
     for piece in inf.generate(messages, stream=True, **params):
@@ -82,58 +82,12 @@ def t_generate(ctx, lib, inf, messages: list[dict[str, str]], params: dict[str, 
     return "".join(out)
 
 
-def t_compare(ctx, lib, inf, prompt: str | list[dict[str, str]], adapters: list[str | None], params: dict[str, Any]):
-    return inf.compare(prompt, adapters, **params)
+def t_list_models(ctx: Context, lib: Any) -> dict[str, Any]:
+    return {"bases": lib.list_bases(), "adapters": lib.list_adapters()}
 
 
-def t_blend(ctx, lib, inf, weights: dict[str, float], live: bool):
-    if live:
-        inf.set_blend_weights(weights)
-    else:
-        inf.use_blend(weights)
-    return {"weights": weights, **_mode(inf)}
-
-
-def t_prompt_set(ctx, lib, inf, prompts: list[str], adapters: list[str | None], params: dict[str, Any]):
-    """Each prompt through each adapter: {prompt: {adapter or 'base': output}}."""
-    out: dict[str, Any] = {}
-    for i, p in enumerate(prompts):
-        ctx.check_cancelled()
-        ctx.progress(i, len(prompts), p[:40])
-        prompt = p if inf.active.task != "CAUSAL_LM" else [{"role": "user", "content": p}]
-        out[p] = inf.compare(prompt, adapters, **params)
-    ctx.progress(len(prompts), len(prompts), "done")
-    return out
-
-
-def t_read_prompts(ctx, lib) -> list[str]:
-    p = Path(lib.root) / PROMPTS_FILE
-    if not p.is_file():
-        return []
-    data = json.loads(p.read_text(encoding="utf-8"))
-    return [str(x) for x in data.get("prompts", [])]
-
-
-def t_save_prompts(ctx, lib, prompts: list[str]) -> Path:
-    from adapterstudio.core.fsutil import atomic_write_text
-
-    p = Path(lib.root) / PROMPTS_FILE
-    atomic_write_text(p, json.dumps({"version": 1, "prompts": prompts}, indent=2) + "\n")
-    return p
-
-
-def t_close(ctx, lib, inf) -> None:
+def t_close(ctx: Context, lib: Any, inf: Any) -> None:
     inf.close()
-
-
-def _summary(result: Any) -> str:
-    """One line for a compare/prompt-set cell: generated text, or the top label with its probability."""
-    if isinstance(result, str):
-        return result.strip()
-    if isinstance(result, dict) and "label" in result:
-        p = (result.get("probabilities") or {}).get(result["label"])
-        return f"{result['label']}" + (f" ({p:.2f})" if isinstance(p, float) else "")
-    return str(result)
 
 
 class PlaygroundPage(QWidget):
@@ -141,7 +95,6 @@ class PlaygroundPage(QWidget):
     switched = Signal(object)  # {"adapter", "ms", "task"}
     reply_done = Signal(str)
     classified = Signal(list)
-    compared = Signal(dict)
 
     def __init__(self, session: Session) -> None:
         super().__init__()
@@ -196,11 +149,19 @@ class PlaygroundPage(QWidget):
         lv.addWidget(self.switch_label)
         split.addWidget(left)
 
+        self.compare_tab = CompareTab(session, self)
+        self.compare_tab.compared.connect(self._active_after_compare)
+        self.compare_tab.notice.connect(self.status.setText)
+        self.blend_tab = BlendTab(session, self)
+        self.blend_tab.blended.connect(self._blended)
+        self.prompt_set_tab = PromptSetTab(session, self, self.compare_tab.checked_adapters)
+        self.prompt_set_tab.ran.connect(self._active_after_compare)
+        self.prompt_set_tab.notice.connect(self.status.setText)
         self.tabs = QTabWidget()
         self.tabs.addTab(self._build_try(), icon("playground"), "Try")
-        self.tabs.addTab(self._build_compare(), icon("compare"), "Compare")
-        self.tabs.addTab(self._build_blend(), icon("blend"), "Blend")
-        self.tabs.addTab(self._build_prompt_set(), icon("notes"), "Prompt set")
+        self.tabs.addTab(self.compare_tab, icon("compare"), "Compare")
+        self.tabs.addTab(self.blend_tab, icon("blend"), "Blend")
+        self.tabs.addTab(self.prompt_set_tab, icon("notes"), "Prompt set")
         split.addWidget(self.tabs)
         split.setSizes([260, 820])
         lay.addWidget(split, 1)
@@ -262,86 +223,12 @@ class PlaygroundPage(QWidget):
         v.addWidget(self.params_row)
         return w
 
-    def _build_compare(self) -> QWidget:
-        w = QWidget()
-        v = QVBoxLayout(w)
-        v.addWidget(muted("Check 2–4 adapters (and the base) and run the same prompt through each, side by side."))
-        self.compare_list = QListWidget()
-        self.compare_list.setMaximumHeight(130)
-        v.addWidget(self.compare_list)
-        row = QHBoxLayout()
-        self.compare_prompt = QLineEdit()
-        self.compare_prompt.setPlaceholderText("Prompt")
-        self.compare_prompt.returnPressed.connect(lambda: self.compare())
-        row.addWidget(self.compare_prompt, 1)
-        self.compare_btn = QPushButton(icon("compare"), "Compare")
-        self.compare_btn.clicked.connect(lambda: self.compare())
-        row.addWidget(self.compare_btn)
-        v.addLayout(row)
-        self.compare_grid = QGridLayout()
-        holder = QWidget()
-        holder.setLayout(self.compare_grid)
-        v.addWidget(holder, 1)
-        self.compare_views: list[QTextBrowser] = []
-        return w
-
-    def _build_blend(self) -> QWidget:
-        w = QWidget()
-        v = QVBoxLayout(w)
-        v.addWidget(muted("Weighted blends of LoRA adapters, applied without merging. Move a slider: the blend "
-                          "updates live, then try it on the Try tab or here."))
-        self.blend_form = QFormLayout()
-        holder = QWidget()
-        holder.setLayout(self.blend_form)
-        v.addWidget(holder)
-        row = QHBoxLayout()
-        self.blend_btn = QPushButton(icon("blend"), "Use this blend")
-        self.blend_btn.clicked.connect(lambda: self.apply_blend(live=False))
-        row.addWidget(self.blend_btn)
-        self.blend_status = muted("", wrap=False)
-        row.addWidget(self.blend_status, 1)
-        v.addLayout(row)
-        v.addStretch(1)
-        self.blend_sliders: dict[str, QSlider] = {}
-        self._blend_timer = QTimer(self)
-        self._blend_timer.setSingleShot(True)
-        self._blend_timer.setInterval(120)
-        self._blend_timer.timeout.connect(lambda: self.apply_blend(live=True))
-        self._blend_active = False
-        return w
-
-    def _build_prompt_set(self) -> QWidget:
-        w = QWidget()
-        v = QVBoxLayout(w)
-        v.addWidget(muted("A saved set of prompts (one per line, kept in the library) run through the adapters "
-                          "checked on the Compare tab."))
-        self.prompt_set = QPlainTextEdit()
-        self.prompt_set.setMaximumHeight(120)
-        v.addWidget(self.prompt_set)
-        row = QHBoxLayout()
-        self.save_prompts_btn = QPushButton("Save set")
-        self.save_prompts_btn.clicked.connect(lambda: self.save_prompts())
-        self.run_set_btn = QPushButton(icon("play"), "Run set")
-        self.run_set_btn.clicked.connect(lambda: self.run_prompt_set())
-        row.addWidget(self.save_prompts_btn)
-        row.addWidget(self.run_set_btn)
-        row.addStretch(1)
-        v.addLayout(row)
-        self.set_table = QTableWidget(0, 0)
-        self.set_table.verticalHeader().setDefaultSectionSize(44)
-        self.set_table.setWordWrap(True)
-        v.addWidget(self.set_table, 1)
-        return w
-
     # -- the catalogue side ------------------------------------------------------------------------
     def _refresh(self) -> None:
         if self.session.lib is None:
             return
-        self.session.run(lambda ctx, lib: {"bases": lib.list_bases(), "adapters": lib.list_adapters()},
-                         label="list models", quiet=True, on_result=self._listed)
-        if not self.prompt_set.toPlainText().strip():
-            self.session.run(t_read_prompts, label="read prompts", quiet=True,
-                             on_result=lambda ps: ps and self.prompt_set.setPlainText("\n".join(ps)))
+        self.session.run(t_list_models, label="list models", quiet=True, on_result=self._listed)
+        self.prompt_set_tab.read_saved()
 
     def _listed(self, snap: dict[str, Any]) -> None:
         self.setEnabled(True)
@@ -379,28 +266,8 @@ class PlaygroundPage(QWidget):
         if self.active is None:
             self.adapter_list.setCurrentRow(0)
         self.adapter_list.blockSignals(False)
-        self.compare_list.clear()
-        for name in [None] + [a.name for a in adapters]:
-            it = QListWidgetItem(BASE_ITEM if name is None else name)
-            it.setData(Qt.ItemDataRole.UserRole, name)
-            it.setFlags(it.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            it.setCheckState(Qt.CheckState.Unchecked)
-            self.compare_list.addItem(it)
-        self._fill_blend([a for a in adapters if a.peft_type == "LORA"])
-
-    def _fill_blend(self, adapters: list[Any]) -> None:
-        while self.blend_form.rowCount():
-            self.blend_form.removeRow(0)
-        self.blend_sliders = {}
-        for a in adapters[:6]:
-            s = QSlider(Qt.Orientation.Horizontal)
-            s.setRange(0, 100)
-            s.setValue(0)
-            s.valueChanged.connect(self._blend_moved)
-            self.blend_sliders[a.name] = s
-            self.blend_form.addRow(a.name, s)
-        if not adapters:
-            self.blend_form.addRow(muted("Blends need LoRA adapters of this base."))
+        self.compare_tab.set_adapters([a.name for a in adapters])
+        self.blend_tab.set_adapters([a.name for a in adapters if a.peft_type == "LORA"])
 
     def focus_item(self, name: Any) -> None:
         """Open an adapter from elsewhere (Library's "Open in Playground"): load its base, then switch."""
@@ -419,7 +286,8 @@ class PlaygroundPage(QWidget):
 
     # -- loading and switching -------------------------------------------------------------------
     def _set_loaded(self, loaded: bool) -> None:
-        for w in (self.adapter_list, self.send_btn, self.compare_btn, self.blend_btn, self.run_set_btn):
+        for w in (self.adapter_list, self.send_btn, self.compare_tab.compare_btn, self.blend_tab.use_btn,
+                  self.prompt_set_tab.run_btn):
             w.setEnabled(loaded)
 
     def load(self, base: str | None = None, first_adapter: str | None = None) -> Worker | None:
@@ -487,7 +355,7 @@ class PlaygroundPage(QWidget):
 
     def _switched(self, res: dict[str, Any]) -> None:
         self.active = res["adapter"]
-        self._blend_active = False
+        self.blend_tab.active = False
         self._set_mode(res["task"])
         self.switch_label.setText(f"{res['adapter'] or 'base only'} active · switched in {res['ms']:.1f} ms")
         for i in range(self.adapter_list.count()):
@@ -578,117 +446,15 @@ class PlaygroundPage(QWidget):
             self.probs.setCellWidget(i, 2, bar)
         self.classified.emit(results)
 
-    # -- compare ---------------------------------------------------------------------------------
-    def checked_adapters(self) -> list[str | None]:
-        out = []
-        for i in range(self.compare_list.count()):
-            it = self.compare_list.item(i)
-            if it.checkState() == Qt.CheckState.Checked:
-                out.append(it.data(Qt.ItemDataRole.UserRole))
-        return out
-
-    def set_checked(self, names: list[str | None]) -> None:
-        for i in range(self.compare_list.count()):
-            it = self.compare_list.item(i)
-            it.setCheckState(Qt.CheckState.Checked if it.data(Qt.ItemDataRole.UserRole) in names
-                             else Qt.CheckState.Unchecked)
-
-    def compare(self, prompt: str | None = None) -> Worker | None:
-        adapters = self.checked_adapters()
-        prompt = (prompt if prompt is not None else self.compare_prompt.text()).strip()
-        if self.inf is None or not prompt:
-            return None
-        if not 1 <= len(adapters) <= 4:
-            self.status.setText("Check between one and four entries to compare.")
-            return None
-        msg: Any = [{"role": "user", "content": prompt}] if self.task == "CAUSAL_LM" else prompt
-        w = self.session.run(t_compare, self.inf, msg, adapters, self.params() if self.task == "CAUSAL_LM" else {},
-                             pool=ACCEL, label="compare")
-        w.signals.result.connect(self._compared)
-        return w
-
-    def _compared(self, res: dict[str, Any]) -> None:
-        for v in self.compare_views:
-            v.setParent(None)
-        self.compare_views = []
-        for col, (name, out) in enumerate(res.items()):
-            view = QTextBrowser()
-            if isinstance(out, dict) and "probabilities" in out:
-                rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td align='right'>{p:.3f}</td></tr>"
-                               for k, p in sorted(out["probabilities"].items(), key=lambda kv: -kv[1]))
-                body = f"<p><b>{html.escape(str(out['label']))}</b></p><table>{rows}</table>"
-            else:
-                body = f"<p>{html.escape(_summary(out)).replace(chr(10), '<br>')}</p>"
-            view.setHtml(f"<h4>{html.escape(name)}</h4>{body}")
-            self.compare_grid.addWidget(view, 0, col)
-            self.compare_views.append(view)
-        self._active_after_compare()
-        self.compared.emit(res)
-
-    def _active_after_compare(self) -> None:
+    # -- after the other tabs ------------------------------------------------------------------
+    def _active_after_compare(self, _res: dict[str, Any]) -> None:
         # compare() leaves the last compared adapter active; say so rather than pretend otherwise
         self.switch_label.setText("after comparing, pick an adapter to continue")
 
-    # -- blend -------------------------------------------------------------------------------------
-    def blend_weights(self) -> dict[str, float]:
-        return {n: s.value() / 100.0 for n, s in self.blend_sliders.items() if s.value() > 0}
-
-    def _blend_moved(self, _v: int) -> None:
-        w = self.blend_weights()
-        self.blend_status.setText(", ".join(f"{n} {x:.2f}" for n, x in w.items()) or "all sliders at 0")
-        if self._blend_active:
-            self._blend_timer.start()
-
-    def apply_blend(self, live: bool = False) -> Worker | None:
-        weights = self.blend_weights()
-        if self.inf is None or not weights:
-            return None
-        if live and not self._blend_active:
-            return None
-        w = self.session.run(t_blend, self.inf, weights, live, pool=ACCEL, label="blend", quiet=live)
-        w.signals.result.connect(self._blended)
-        return w
-
     def _blended(self, res: dict[str, Any]) -> None:
-        self._blend_active = True
         self.active = "blend"
         self._set_mode(res["task"])
-        text = " + ".join(f"{w:.2f}·{n}" for n, w in res["weights"].items())
-        self.switch_label.setText(f"blend active: {text}")
-        self.blend_status.setText(f"active: {text}")
-
-    # -- prompt set -----------------------------------------------------------------------------------
-    def prompts(self) -> list[str]:
-        return [p.strip() for p in self.prompt_set.toPlainText().splitlines() if p.strip()]
-
-    def save_prompts(self) -> Worker | None:
-        if self.session.lib is None:
-            return None
-        return self.session.run(t_save_prompts, self.prompts(), label="save prompts")
-
-    def run_prompt_set(self) -> Worker | None:
-        adapters = self.checked_adapters()
-        if self.inf is None or not self.prompts() or not adapters:
-            self.status.setText("Write prompts and check adapters on the Compare tab first.")
-            return None
-        w = self.session.run(t_prompt_set, self.inf, self.prompts(), adapters,
-                             self.params() if self.task == "CAUSAL_LM" else {}, pool=ACCEL, label="run prompt set")
-        w.signals.result.connect(self._set_results)
-        return w
-
-    def _set_results(self, res: dict[str, Any]) -> None:
-        prompts = list(res)
-        cols = list(next(iter(res.values())).keys()) if res else []
-        self.set_table.clear()
-        self.set_table.setRowCount(len(prompts))
-        self.set_table.setColumnCount(len(cols))
-        self.set_table.setHorizontalHeaderLabels(cols)
-        self.set_table.setVerticalHeaderLabels([p[:30] for p in prompts])
-        for i, p in enumerate(prompts):
-            for j, c in enumerate(cols):
-                self.set_table.setItem(i, j, QTableWidgetItem(_summary(res[p][c])))
-        self.set_table.resizeColumnsToContents()
-        self._active_after_compare()
+        self.switch_label.setText(f"blend active: {blend_text(res['weights'])}")
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def save_state(self) -> QByteArray | None:

@@ -235,7 +235,8 @@ class TrainForm(QWidget):
         try:
             lr_value = float(lr) if lr else None
         except ValueError:
-            raise InvalidInput(f"The learning rate {lr!r} is not a number; write e.g. 2e-4, or leave it blank.") from None
+            raise InvalidInput(f"The learning rate {lr!r} is not a number; write e.g. 2e-4, or leave it blank."
+                               ) from None
         d = dataclasses.asdict(TrainingSpec())
         d.update(
             base=self.base.currentText(), data=self.data.text().strip(), task=self.task.currentText(),

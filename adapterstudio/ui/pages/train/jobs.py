@@ -329,8 +329,9 @@ class JobsPanel(QWidget):
         elif last and last.get("total_steps"):
             self.progress.setValue(int(1000 * last["step"] / last["total_steps"]))
             eta = last.get("eta_s")
-            self.speed.setText(f"step {last['step']}/{last['total_steps']} · {last.get('samples_per_s', 0):.1f} samples/s"
-                               + (f" · {eta:.0f} s left" if isinstance(eta, (int, float)) and r.status == "running" else ""))
+            left = f" · {eta:.0f} s left" if isinstance(eta, (int, float)) and r.status == "running" else ""
+            self.speed.setText(f"step {last['step']}/{last['total_steps']} · "
+                               f"{last.get('samples_per_s', 0):.1f} samples/s{left}")
         else:
             self.progress.setValue(0)
             self.speed.setText(r.shown_status)
@@ -354,7 +355,8 @@ class JobsPanel(QWidget):
         resuming = self._resuming.get(r.id) if r is not None else None
         self.resume_btn.setEnabled(r is not None and r.resumable and (resuming is None or resuming.is_done))
         self.open_btn.setEnabled(bool(r is not None and r.adapter))
-        self.start_btn.setEnabled(not self.queue_running() and any(x.status == "queued" for x in self.runs_model.runs()))
+        queued = any(x.status == "queued" for x in self.runs_model.runs())
+        self.start_btn.setEnabled(queued and not self.queue_running())
 
     # -- actions on the selected run -------------------------------------------------------
     def cancel_selected(self) -> Worker | None:

@@ -44,7 +44,8 @@ def point_layers(tuner_layers: Sequence[Any], names: list[str] | None, *, enable
     The one place that writes PEFT's private layer state, on purpose (checked against peft
     0.21.2). PEFT's public verbs do more than a switch needs: ``BaseTunerLayer.set_adapter``
     (and the model-level ``set_adapter`` built on it) sets ``requires_grad`` on every
-    parameter of every adapter of every layer, O(layers x adapters) on each switch, and
+    parameter of every adapter of every layer, O(layers x adapters) on each switch (17.6 ms
+    against 5.5 us here, for 8 rank-16 slots on 32 layers, CPU), and
     ``enable_adapters(True)`` makes the active adapter trainable, which also changes what
     ``torch.compile`` guards on. No public API activates adapters, or disables all of them,
     with ``requires_grad`` left alone. So this writes the two attributes that those verbs

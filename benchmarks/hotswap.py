@@ -182,8 +182,7 @@ def main() -> int:
 
     # -- load from disk vs the floor ------------------------------------------------------
     s.max_host = 0
-    s._host.clear()
-    s._host_pool.clear()
+    s.cache.clear_host()
     loads, floors = [], []
     reps = 8 if args.quick else 24
     order = [n for n in names if n not in s.cache_info()["resident"]]

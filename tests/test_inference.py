@@ -361,3 +361,34 @@ def test_stop_ends_a_running_generation(llama):
     assert n_tokens < 5000
     # the session is usable afterwards
     assert isinstance(s.generate("hello", max_new_tokens=3, temperature=0), str)
+
+
+def test_only_allow_listed_lora_configs_use_slots(tmp_path, mini):
+    import json
+    import shutil
+
+    from adapterstudio.ml.inference.adapters import describe_adapter
+
+    assert describe_adapter("plain", mini["lora-a"]).fast
+
+    def variant(name: str, **changes):
+        folder = tmp_path / name
+        shutil.copytree(mini["lora-a"], folder)
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**cfg, **changes}))
+        return describe_adapter(name, folder)
+
+    # a variant PEFT adds later (a flag or a config block this code has never seen) takes PEFT's path
+    for name, changes in {"new-flag": {"use_some_new_variant": True},
+                          "new-block": {"some_new_config": {"k": 1}},
+                          "velora": {"velora_config": {"rank": 4}},
+                          "dora": {"use_dora": True},
+                          "bias": {"bias": "all"},
+                          "pissa": {"init_lora_weights": "pissa"}}.items():
+        e = variant(name, **changes)
+        assert not e.fast and next(iter(changes)) in e.why_not_fast, name
+    # unset fields of any name, and settings the slot path handles, stay on slots
+    for name, changes in {"unset": {"use_some_new_variant": False, "some_new_config": None},
+                          "gaussian": {"init_lora_weights": "gaussian"},
+                          "rslora": {"use_rslora": True, "lora_dropout": 0.1}}.items():
+        assert variant(name, **changes).fast, name

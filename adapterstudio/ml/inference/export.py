@@ -23,7 +23,10 @@ import torch
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import InvalidInput
 from adapterstudio.core.fsutil import atomic_write_text, fsync_dir
-from adapterstudio.ml.inference.session import TASK_CLASSES, describe_adapter, resolve_dtype
+from adapterstudio.core.peft_format import TASK_CLASSES
+from adapterstudio.ml.inference.adapters import describe_adapter
+from adapterstudio.ml.inference.devices import resolve_dtype
+from adapterstudio.ml.inference.layers import quiet_peft_wrap
 from adapterstudio.ml.inference.weights import read_safetensors
 
 # HF architecture -> (GGUF architecture name, permute q/k like llama.cpp does)
@@ -93,7 +96,8 @@ def merge_to_folder(base_path: str | Path, adapters: list[tuple[str, str | Path,
         for i, (_name, path, _w) in enumerate(adapters):
             aname = f"a{i}"
             if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=aname, use_safetensors=True)
+                with quiet_peft_wrap():
+                    peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=aname, use_safetensors=True)
             else:
                 peft_model.load_adapter(str(path), adapter_name=aname, use_safetensors=True)
             names.append(aname)
@@ -107,8 +111,8 @@ def merge_to_folder(base_path: str | Path, adapters: list[tuple[str, str | Path,
                         m.scaling[aname] = m.scaling[aname] * float(w)
         ctx.check_cancelled()
         ctx.progress(2, 4, "merging")
-        merged = peft_model.base_model.merge_and_unload(adapter_names=names) if len(names) > 1 else \
-            peft_model.merge_and_unload()
+        tuner: Any = peft_model.base_model
+        merged = tuner.merge_and_unload(adapter_names=names) if len(names) > 1 else peft_model.merge_and_unload()
         ctx.progress(3, 4, "saving")
         try:
             merged.save_pretrained(str(tmp), safe_serialization=True)

@@ -92,7 +92,7 @@ def trainer_child(train: str, test: str, seed: int) -> None:
                               TrainingArguments, set_seed)
     from transformers.utils import logging
 
-    from adapterstudio.ml.training.modeling import classification_metrics
+    from adapterstudio.ml.training.metrics import classification_metrics
 
     logging.set_verbosity_error()
 

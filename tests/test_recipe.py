@@ -93,7 +93,7 @@ def test_probe_weights_fold_the_standardisation_into_one_linear_layer(classes):
     import numpy as np
 
     from adapterstudio.ml.training import probe as P
-    from adapterstudio.ml.training.modeling import classification_metrics
+    from adapterstudio.ml.training.metrics import classification_metrics
 
     tr, va, te = _blobs(300, 8, classes, 0), _blobs(100, 8, classes, 1), _blobs(200, 8, classes, 2)
     p = P.fit("head-input", tr, va, te, "macro_f1", classes, classification_metrics)
@@ -106,7 +106,7 @@ def test_probe_weights_fold_the_standardisation_into_one_linear_layer(classes):
 
 
 def test_baseline_comparison_gain_and_negative_transfer_warning():
-    from adapterstudio.ml.training.worker import baseline_comparison
+    from adapterstudio.ml.training.baseline import baseline_comparison
 
     spec = TrainingSpec(strategy="lora", metric="macro_f1")
     b = {"features": "pooled", "metric": "macro_f1", "val": {"macro_f1": 0.8}, "test": {"macro_f1": 0.79}}
@@ -126,23 +126,23 @@ def test_baseline_comparison_gain_and_negative_transfer_warning():
 def test_head_learning_rate_and_class_weighted_loss():
     import torch
 
-    from adapterstudio.ml.training import modeling as M
-    from adapterstudio.ml.training.worker import _class_weighted_loss
+    from adapterstudio.ml.training.batching import class_weighted_loss
+    from adapterstudio.ml.training.models import param_groups
 
     spec = TrainingSpec(strategy="lora", lr=1e-3, head_lr=4e-3, class_weights="balanced")
     model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(4, 4), "classifier": torch.nn.Linear(4, 2)})
-    groups = M.param_groups(model, spec, {"head_modules": ["classifier"]})
+    groups = param_groups(model, spec, {"head_modules": ["classifier"]})
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert lr_of[id(model["classifier"].weight)] == 4e-3 and lr_of[id(model["encoder"].weight)] == 1e-3
     train = [{"labels": 0}] * 6 + [{"labels": 1}] * 2
-    loss = _class_weighted_loss(spec, train, 2, torch.device("cpu"))
+    loss = class_weighted_loss(spec, train, 2, torch.device("cpu"))
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     labels = torch.tensor([0, 1, 1])
     w = torch.tensor([8 / 12, 8 / 4])  # n / (classes x count)
     ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     expected = (ce * w[labels]).sum() / 3
     assert float(loss(type("O", (), {"logits": logits})(), {"labels": labels})) == pytest.approx(float(expected))
-    assert _class_weighted_loss(spec.replace(class_weights="none"), train, 2, torch.device("cpu")) is None
+    assert class_weighted_loss(spec.replace(class_weights="none"), train, 2, torch.device("cpu")) is None
 
 
 # -- end to end on a tiny model -------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_refit_trains_again_on_training_and_validation_rows(tiny_lib):
 
 
 def test_checkpoint_selection_leans_to_the_later_of_checkpoints_within_noise():
-    from adapterstudio.ml.training.worker import noise, select_checkpoint
+    from adapterstudio.ml.training.selection import noise, select_checkpoint
 
     assert noise("macro_f1", 0.8, 100) == pytest.approx(0.04)
     assert noise("loss", 0.3, 100) == 0.0 and noise("accuracy", 0.8, 0) == 0.0

@@ -86,16 +86,16 @@ def test_lora_run_lands_in_catalogue_with_lineage(tlib):
 
 
 def test_head_and_partial_are_adapters_and_partial_uses_slower_backbone(tlib):
-    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training.models import apply_strategy, load_base_model, param_groups
 
     T.train(tlib, _spec(tlib, strategy="head", name="h", lr=1e-3))
     h = tlib.catalogue.get_adapter("h")
     assert h.target_modules == ["dummy-target-modules"] and h.compatible is True
     spec = _spec(tlib, strategy="partial", unfreeze_layers=1, lr=1e-3, backbone_lr_ratio=0.05).with_defaults(0)
-    base = M.load_base_model(spec, tlib.catalogue.get_base("tb").path, ["neg", "pos"])
-    pm, info = M.apply_strategy(base, spec)
+    base = load_base_model(spec, tlib.catalogue.get_base("tb").path, ["neg", "pos"])
+    pm, info = apply_strategy(base, spec)
     assert info["head_modules"] == ["classifier"] and info["unfrozen_layers"] == ["bert.encoder.layer.1"]
-    lrs = {g["lr"] for g in M.param_groups(pm, spec, info)}
+    lrs = {g["lr"] for g in param_groups(pm, spec, info)}
     assert lrs == {1e-3, 5e-5}
     trained = {n for n, p in pm.named_parameters() if p.requires_grad}
     assert all("classifier" in n or "encoder.layer.1." in n for n in trained)
@@ -169,19 +169,19 @@ def test_two_cpu_processes_ddp(tlib):
 
 
 def test_causal_lm_chat_loss_on_answers_only(lib, models, tmp_path):
-    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training.encoding import IGNORE, _encode_lm, load_tokenizer
 
-    tok = M.load_tokenizer(str(models["llama"]), "causal-lm")
+    tok = load_tokenizer(str(models["llama"]), "causal-lm")
     msgs = [{"role": "user", "content": "say hi"}, {"role": "assistant", "content": "hello there"},
             {"role": "user", "content": "again"}, {"role": "assistant", "content": "hi"}]
-    ex = M._encode_lm({"messages": msgs}, tok, 256)
-    trained = [t for t, y in zip(ex["input_ids"], ex["labels"], strict=True) if y != M.IGNORE]
+    ex = _encode_lm({"messages": msgs}, tok, 256)
+    trained = [t for t, y in zip(ex["input_ids"], ex["labels"], strict=True) if y != IGNORE]
     text = tok.decode(trained)
     assert text.replace(" ", "").startswith("hellothere") and "say" not in text and "again" not in text
-    assert "hi" in text.replace("hellothere", "") and ex["labels"][0] == M.IGNORE
+    assert "hi" in text.replace("hellothere", "") and ex["labels"][0] == IGNORE
     # instruction/response pairs without a template still mask the prompt
-    ex2 = M._encode_lm({"prompt": "2+2?", "response": "4"}, tok, 64)
-    assert tok.decode([t for t, y in zip(ex2["input_ids"], ex2["labels"], strict=True) if y != M.IGNORE]).strip().startswith("4")
+    ex2 = _encode_lm({"prompt": "2+2?", "response": "4"}, tok, 64)
+    assert tok.decode([t for t, y in zip(ex2["input_ids"], ex2["labels"], strict=True) if y != IGNORE]).strip().startswith("4")
     # a full run records the chat template and perplexity
     lib.add_base(models["llama"], name="tl")
     data = tmp_path / "chat.jsonl"
@@ -195,32 +195,32 @@ def test_causal_lm_chat_loss_on_answers_only(lib, models, tmp_path):
 
 
 def test_packing_fills_rows():
-    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training.encoding import pack
 
     exs = [{"input_ids": list(range(n)), "attention_mask": [1] * n, "labels": list(range(n))} for n in (5, 7, 9, 3)]
-    packed = M.pack(exs, 8)
+    packed = pack(exs, 8)
     assert [len(p["input_ids"]) for p in packed] == [8, 8, 8]
     assert sum(len(p["input_ids"]) for p in packed) == 24
 
 
 def test_token_chunks_split_long_micro_batches_within_the_budget():
-    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training.batching import PASS_OVERHEAD_TOKENS, eval_batches, token_chunks
 
     lengths = [300, 10, 120, 64, 64, 64, 250, 5]
     idx = list(range(8))
-    chunks = M.token_chunks(idx, lengths, 256)
+    chunks = token_chunks(idx, lengths, 256)
     assert sorted(i for c in chunks for i in c) == idx
     for c in chunks:  # each pass pads to its own longest example and stays in budget (or holds one example)
         assert len(c) == 1 or len(c) * max(lengths[i] for i in c) <= 256
     assert [0] in chunks and [6] in chunks  # longer than the budget: a pass of its own
-    assert M.token_chunks(idx, lengths, 0) == [idx]
-    assert M.token_chunks([0, 1, 2], [50, 50, 50], 4096) == [[0, 1, 2]]  # nothing to save: one pass
+    assert token_chunks(idx, lengths, 0) == [idx]
+    assert token_chunks([0, 1, 2], [50, 50, 50], 4096) == [[0, 1, 2]]  # nothing to save: one pass
 
-    evb = M.eval_batches(lengths, 256, 3)
+    evb = eval_batches(lengths, 256, 3)
     assert sorted(i for b in evb for i in b) == idx and max(len(b) for b in evb) <= 3
 
     def cost(chunks, ls):
-        return sum(M.PASS_OVERHEAD_TOKENS + len(c) * max(ls[i] for i in c) for c in chunks)
+        return sum(PASS_OVERHEAD_TOKENS + len(c) * max(ls[i] for i in c) for c in chunks)
 
     # the cut is optimal: no split of the length-sorted examples into in-budget passes computes less
     import itertools
@@ -229,7 +229,7 @@ def test_token_chunks_split_long_micro_batches_within_the_budget():
     rng = random.Random(3)
     for _ in range(30):
         ls = [rng.choice([rng.randint(3, 40), rng.randint(40, 300)]) for _ in range(9)]
-        got = M.token_chunks(list(range(9)), ls, 512)
+        got = token_chunks(list(range(9)), ls, 512)
         order = sorted(range(9), key=lambda i: -ls[i])
         best = min(cost(parts, ls) for cuts in itertools.product([0, 1], repeat=8)
                    for parts in [[order[a:b] for a, b in zip([0] + [k + 1 for k in range(8) if cuts[k]],
@@ -249,7 +249,8 @@ def test_split_steps_give_the_gradient_of_the_whole_step(models, kind, task):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training.batching import accumulate_gradients, training_passes
+    from adapterstudio.ml.training.encoding import encode, example_tokens
 
     torch.manual_seed(0)
     path = str(models[kind])
@@ -261,21 +262,21 @@ def test_split_steps_give_the_gradient_of_the_whole_step(models, kind, task):
     rows = sentiment_rows(10)
     spec = TrainingSpec(task=task, max_length=64)
     if task == "seq-cls":
-        exs = M.encode(rows, tok, spec, ["neg", "pos"])
+        exs = encode(rows, tok, spec, ["neg", "pos"])
     else:
-        exs = M.encode([{"prompt": r["label"], "response": r["text"]} for r in rows], tok, spec, None)
-    lengths = [M.example_tokens(e) for e in exs]
+        exs = encode([{"prompt": r["label"], "response": r["text"]} for r in rows], tok, spec, None)
+    lengths = [example_tokens(e) for e in exs]
     assert len(set(lengths)) > 3
     pad = tok.pad_token_id
 
-    whole, items = M.training_passes(exs, [list(range(10))], lengths, 0, pad, task)
-    M.accumulate_gradients(model, whole, items)
+    whole, items = training_passes(exs, [list(range(10))], lengths, 0, pad, task)
+    accumulate_gradients(model, whole, items)
     ref = _grads(model)
     model.zero_grad(set_to_none=True)
 
-    split, items = M.training_passes(exs, [[0, 1, 2, 3, 4, 5, 6], [7, 8, 9]], lengths, 2 * max(lengths), pad, task)
+    split, items = training_passes(exs, [[0, 1, 2, 3, 4, 5, 6], [7, 8, 9]], lengths, 2 * max(lengths), pad, task)
     assert len(split) >= 4
-    M.accumulate_gradients(model, split, items)
+    accumulate_gradients(model, split, items)
     got = _grads(model)
     assert ref.keys() == got.keys()
     for n in ref:
@@ -285,12 +286,12 @@ def test_split_steps_give_the_gradient_of_the_whole_step(models, kind, task):
 def test_length_grouped_batches_cover_each_example_once_with_less_padding():
     import random
 
-    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training.batching import length_grouped_batches
 
     rng = random.Random(1)
     lengths = [rng.randint(4, 200) for _ in range(1000)]
-    grouped = M.length_grouped_batches(lengths, 16, 0, True)
-    plain = M.length_grouped_batches(lengths, 16, 0, False)
+    grouped = length_grouped_batches(lengths, 16, 0, True)
+    plain = length_grouped_batches(lengths, 16, 0, False)
     assert sorted(i for b in grouped for i in b) == list(range(1000))
 
     def padded(batches):
@@ -378,11 +379,11 @@ def test_queue_survives_reopen_and_dead_runs_show_interrupted(tlib, home):
 def test_other_peft_methods_build_and_step(models, strategy, extra, peft_type):
     import torch
 
-    from adapterstudio.ml.training import modeling as M
+    from adapterstudio.ml.training.models import apply_strategy, load_base_model, param_groups
 
     spec = TrainingSpec(base="tb", data="-", strategy=strategy, **extra).with_defaults(0)
-    model = M.load_base_model(spec, str(models["bert"]), ["a", "b"])
-    pm, info = M.apply_strategy(model, spec)
+    model = load_base_model(spec, str(models["bert"]), ["a", "b"])
+    pm, info = apply_strategy(model, spec)
     cfg = pm.peft_config["default"]
     assert cfg.peft_type.value == peft_type and 0 < info["trainable_params"] < info["total_params"]
     if strategy == "dora":
@@ -391,7 +392,7 @@ def test_other_peft_methods_build_and_step(models, strategy, extra, peft_type):
         assert cfg.use_rslora is True
     # the new head trains with every method
     assert any("classifier" in n and p.requires_grad for n, p in pm.named_parameters())
-    opt = torch.optim.AdamW(M.param_groups(pm, spec, info), lr=1e-2)
+    opt = torch.optim.AdamW(param_groups(pm, spec, info), lr=1e-2)
     batch = {"input_ids": torch.tensor([[2, 10, 11, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
              "labels": torch.tensor([1])}
     before = {n: p.detach().clone() for n, p in pm.named_parameters() if p.requires_grad}

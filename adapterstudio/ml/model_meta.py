@@ -19,7 +19,7 @@ def loaded_module_shapes(path: str | Path) -> dict[str, list[int]]:
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    cls: Any = None  # a transformers model class, found by name
+    cls: Any = None  # a model class named in the config (has _from_config), else AutoModel (from_config)
     for arch in getattr(config, "architectures", None) or []:
         cls = getattr(transformers, arch, None)
         if cls is not None:

@@ -1,6 +1,6 @@
 """How a run compares with its frozen-feature baseline, in words: one owner for the CLI, the GUI and model cards.
 
-The numbers come from the training child (``ml.training.worker.baseline_comparison``): a
+The numbers come from the training child (``ml.training.baseline.baseline_comparison``): a
 run's metrics (and an adapter's lineage) carry ``baseline`` (the probe's summary),
 ``baseline_metric``, ``gain_over_baseline``, ``baseline_split`` and, when the fine-tune is
 not better, ``baseline_warning``.

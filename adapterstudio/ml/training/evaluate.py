@@ -12,9 +12,11 @@ def evaluate_folder(base_path: str, adapter_path: str | None, lineage: dict[str,
                     ctx: TaskContext = NULL_CONTEXT, *, batch_size: int = 32) -> dict[str, Any]:
     import torch
 
-    from adapterstudio.ml.training import modeling as M
     from adapterstudio.core.training.data import load_table, normalise
     from adapterstudio.core.training.spec import TrainingSpec
+    from adapterstudio.ml.training.encoding import collate, encode, example_tokens, load_tokenizer
+    from adapterstudio.ml.training.metrics import evaluate_model
+    from adapterstudio.ml.training.models import load_base_model
 
     spec = TrainingSpec.from_dict(lineage.get("spec") or {}).replace(quantize="none")
     task = lineage["task"]
@@ -32,20 +34,20 @@ def evaluate_folder(base_path: str, adapter_path: str | None, lineage: dict[str,
             raise InvalidInput(f"{data} has label(s) {', '.join(map(repr, unknown[:5]))} that the adapter was not trained on.")
     ctx.progress(0, 3, "loading the model")
     torch.manual_seed(0)
-    model = M.load_base_model(spec, adapter_path and base_path or base_path, labels)
+    model = load_base_model(spec, adapter_path and base_path or base_path, labels)
     if adapter_path:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_path)
-    tok = M.load_tokenizer(base_path, task)
+    tok = load_tokenizer(base_path, task)
     model.eval()
     ctx.progress(1, 3, "encoding")
-    examples = M.encode(rows, tok, spec.replace(packing=False), labels, base_path, model.config)
-    order = sorted(range(len(examples)), key=lambda i: M.example_tokens(examples[i]))
+    examples = encode(rows, tok, spec.replace(packing=False), labels, base_path, model.config)
+    order = sorted(range(len(examples)), key=lambda i: example_tokens(examples[i]))
     pad = tok.pad_token_id if tok is not None else 0
-    batches = [M.collate([examples[i] for i in order[j:j + batch_size]], pad, task) for j in range(0, len(order), batch_size)]
+    batches = [collate([examples[i] for i in order[j:j + batch_size]], pad, task) for j in range(0, len(order), batch_size)]
     ctx.progress(2, 3, "scoring")
-    res = M.evaluate_model(model, batches, task, len(labels or []), None)
+    res = evaluate_model(model, batches, task, len(labels or []), None)
     if task in ("seq-cls", "image-cls", "token-cls"):
         res["n"] = int(res.get("n", 0))
     res["task"] = task

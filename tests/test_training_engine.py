@@ -19,6 +19,7 @@ from adapterstudio.core.errors import Cancelled, InvalidInput
 from adapterstudio.core.runs import RunStore
 from adapterstudio.core.training.spec import TrainingSpec
 from adapterstudio.services import training as T
+from adapterstudio.services.launch import TrainingFailed
 from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
 
 LINEAGE_KEYS = {"run_id", "task", "strategy", "spec", "base", "dataset", "labels", "chat_template", "text_column",
@@ -333,7 +334,7 @@ def test_qlora_without_cuda_is_a_clear_error(tlib):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(T.TrainingFailed, match="QLoRA.*needs a CUDA GPU"):
+    with pytest.raises(TrainingFailed, match="QLoRA.*needs a CUDA GPU"):
         T.train(tlib, _spec(tlib, strategy="lora", quantize="4bit", name="q"))
 
 

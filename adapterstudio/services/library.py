@@ -8,6 +8,7 @@ refused input leaves the catalogue exactly as it was.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from adapterstudio.core.settings import Settings, load_settings
 _LOADED_NAMES_MARK = "__loaded_module_names__"
 # Disk space an import or export keeps free beyond its files (the catalogue's own writes).
 _SPACE_MARGIN = 1_000_000
+
+log = logging.getLogger(__name__)
 
 _check_name = validate_name  # the one rule for names lives in core.names
 
@@ -239,7 +242,9 @@ class Library:
                 from adapterstudio.ml.model_meta import loaded_module_shapes
 
                 loaded = loaded_module_shapes(base.path)
-            except Exception:  # noqa: BLE001 - no torch, remote code...: keep the header verdict
+            except Exception as exc:  # noqa: BLE001  (no torch, remote code...: the header verdict stands; logged)
+                log.warning("the module names of %s as loaded could not be learnt (%s: %s); the compatibility check "
+                            "goes by the checkpoint's names only", base_name, type(exc).__name__, exc)
                 return report
             merged = {**loaded, **shapes, _LOADED_NAMES_MARK: []}
             self.catalogue.update_base(base_name, module_shapes=merged)

@@ -13,7 +13,8 @@ def evaluate_folder(base_path: str, adapter_path: str | None, lineage: dict[str,
     import torch
 
     from adapterstudio.ml.training import modeling as M
-    from adapterstudio.core.training.data import load_table, normalise
+    from adapterstudio.core.training.data import normalise
+    from adapterstudio.core.training.loaders import load_table
     from adapterstudio.core.training.spec import TrainingSpec
 
     spec = TrainingSpec.from_dict(lineage.get("spec") or {}).replace(quantize="none")

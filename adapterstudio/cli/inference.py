@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from adapterstudio.cli._common import cli_context, emit, open_lib, want_json
+from adapterstudio.cli._common import cli_context, emit, open_lib, progress, want_json
 from adapterstudio.core.errors import InvalidInput, UserError
 
 
@@ -156,8 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     lib = open_lib(args)
     try:
         specs = [parse_adapter_arg(n) for n in args.names]
-        ctx, bar = cli_context("exporting", args)
-        try:
+        with progress("exporting", args) as ctx:
             if args.merged:
                 out = export_merged(lib, dict(specs), args.merged, precision=args.precision or "fp32", ctx=ctx)
                 data: dict[str, Any] = {"merged": str(out), "adapters": dict(specs)}
@@ -168,8 +167,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                 data = export_gguf(lib, specs[0][0], args.gguf, outtype=args.outtype, ctx=ctx)
                 text = (f"GGUF LoRA written to {data['gguf']}\nModelfile written to {data['modelfile']} "
                         "(edit its FROM line to your base GGUF, then: ollama create NAME -f Modelfile)")
-        finally:
-            bar.close()
         emit(args, data, text)
         return 0
     finally:

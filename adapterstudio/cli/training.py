@@ -8,12 +8,11 @@ from typing import Any
 
 from adapterstudio.cli._common import (
     add_group,
-    cli_context,
     emit,
     human_size,
     open_lib,
+    progress,
     table,
-    want_json,
 )
 from adapterstudio.core.metrics import METRICS
 from adapterstudio.core.runs import STATUSES
@@ -180,20 +179,6 @@ def build_spec(args: argparse.Namespace):
     return spec.replace(**changes)
 
 
-def _progress_ctx(args: argparse.Namespace, label: str):
-    ctx, bar = cli_context(label, args)
-    if not want_json(args):
-        import sys
-
-        def log(msg: str) -> None:
-            if bar.enabled:
-                sys.stderr.write("\r\033[K")
-            print(msg, file=sys.stderr, flush=True)
-
-        ctx._on_log = log  # the bar and the log share stderr
-    return ctx, bar
-
-
 def _run_outcome(args: argparse.Namespace, out: Any) -> int:
     r = out.result
     name = getattr(out.adapter, "name", None)
@@ -229,11 +214,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             raise InvalidInput(f"--resume goes on with the run's own spec: only --name may go with it, not "
                                f"--{other[0].replace('_', '-')}.")
-        ctx, bar = _progress_ctx(args, "training")
-        try:
+        with progress("training", args, logs=True) as ctx:
             out = T.resume(lib, args.resume, ctx, name=getattr(args, "name", None))
-        finally:
-            bar.close()
         return _run_outcome(args, out)
     spec = build_spec(args)
     if args.estimate:
@@ -244,11 +226,8 @@ def cmd_train(args: argparse.Namespace) -> int:
              f"available on {est['device']}: {human_size(est['available'])}; "
              + ("fits" if est["fits"] else "does NOT fit" if est["fits"] is False else "unknown"))
         return 0
-    ctx, bar = _progress_ctx(args, "training")
-    try:
+    with progress("training", args, logs=True) as ctx:
         out = T.train(lib, spec, ctx)
-    finally:
-        bar.close()
     return _run_outcome(args, out)
 
 
@@ -315,11 +294,8 @@ def cmd_runs_save_probe(args: argparse.Namespace) -> int:
     from adapterstudio.services import training as T
 
     lib = open_lib(args)
-    ctx, bar = _progress_ctx(args, "saving the probe")
-    try:
+    with progress("saving the probe", args, logs=True) as ctx:
         rec = T.save_probe(lib, args.run, args.name, ctx)
-    finally:
-        bar.close()
     emit(args, rec.to_json() if hasattr(rec, "to_json") else {"name": rec.name},
          f"saved the frozen-feature probe of run {args.run} as head adapter {rec.name!r}")
     return 0
@@ -349,11 +325,8 @@ def cmd_queue_add(args: argparse.Namespace) -> int:
     from adapterstudio.services import training as T
 
     lib = open_lib(args)
-    ctx, bar = _progress_ctx(args, "checking")
-    try:
+    with progress("checking", args, logs=True) as ctx:
         r = T.enqueue(lib, build_spec(args), ctx)
-    finally:
-        bar.close()
     emit(args, r.to_json(), f"queued run {r.id} ({r.name}); start the queue with 'adapterstudio queue run'")
     return 0
 
@@ -362,11 +335,8 @@ def cmd_queue_run(args: argparse.Namespace) -> int:
     from adapterstudio.services import training as T
 
     lib = open_lib(args)
-    ctx, bar = _progress_ctx(args, "queue")
-    try:
+    with progress("queue", args, logs=True) as ctx:
         done = T.run_queue(lib, ctx, limit=args.limit)
-    finally:
-        bar.close()
     emit(args, done, lambda: table([[d["run"], d["name"], d["status"], d.get("error", "")] for d in done],
                                    ["RUN", "NAME", "STATUS", "ERROR"]) if done else "the queue is empty")
     return 0 if all(d["status"] == "succeeded" for d in done) else 1
@@ -385,11 +355,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from adapterstudio.services import training as T
 
     lib = open_lib(args)
-    ctx, bar = _progress_ctx(args, "evaluating")
-    try:
+    with progress("evaluating", args, logs=True) as ctx:
         res = T.evaluate(lib, args.name, args.data, ctx, batch_size=args.batch_size, base=args.base)
-    finally:
-        bar.close()
     emit(args, res, lambda: "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in res.items()))
     return 0
 
@@ -400,11 +367,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     lib = open_lib(args)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     spec = build_spec(args)
-    ctx, bar = _progress_ctx(args, "compare")
-    try:
+    with progress("compare", args, logs=True) as ctx:
         rows = T.compare(lib, spec, strategies, ctx)
-    finally:
-        bar.close()
 
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))

@@ -76,6 +76,11 @@ class RunRecord:
     supervisor_gone: bool = False
 
     @property
+    def status_text(self) -> str:
+        """The status as the runs tables show it (CLI and GUI): a run whose supervisor is gone says so."""
+        return "running (supervisor gone)" if self.supervisor_gone else self.status
+
+    @property
     def duration_s(self) -> float | None:
         d = self.metrics.get("duration_s") if isinstance(self.metrics, dict) else None
         if d is not None:

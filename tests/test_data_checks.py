@@ -9,7 +9,8 @@ import json
 import pytest
 
 from adapterstudio.core.errors import InvalidInput
-from adapterstudio.core.training.data import load_table, prepare
+from adapterstudio.core.training.data import prepare
+from adapterstudio.core.training.loaders import load_table
 from adapterstudio.core.training.spec import TrainingSpec
 
 

@@ -1,6 +1,6 @@
 """A training run's life survives a kill at any moment (tiny models, synthetic text: mechanics only).
 
-Kills are real: a child process replaces ``training.crash_point`` and SIGKILLs itself at the
+Kills are real: a child process replaces ``run_folders.crash_point`` and SIGKILLs itself at the
 named moment, so no cleanup handler runs. Checks that need no training run in-process; the
 two that follow a run through a kill (``slow``) train a tiny model for a few steps.
 """
@@ -23,7 +23,10 @@ from adapterstudio.core.context import Context
 from adapterstudio.core.errors import AlreadyExists, InvalidInput
 from adapterstudio.core.runs import LOCK_FILE, RunLock, RunStore, lock_holder
 from adapterstudio.core.training.spec import TrainingSpec
+from adapterstudio.services import run_folders
 from adapterstudio.services import training as T
+from adapterstudio.services.launch import TrainingFailed
+from adapterstudio.services.run_folders import RunBusy
 from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +62,7 @@ def _killed_at(point: str, action: str, *args: str, timeout: float = 600) -> sub
     script = textwrap.dedent("""
         import json, os, signal, sys
         from adapterstudio.core.training.spec import TrainingSpec
+        from adapterstudio.services import run_folders
         from adapterstudio.services import training as T
         from adapterstudio.services.library import open_library
 
@@ -69,7 +73,7 @@ def _killed_at(point: str, action: str, *args: str, timeout: float = 600) -> sub
                 print("killing at", p, flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        T.crash_point = crash
+        run_folders.crash_point = crash
         lib = open_library()
         if action == "enqueue":
             T.enqueue(lib, TrainingSpec.from_dict(json.loads(arg)))
@@ -148,12 +152,12 @@ def test_kill_while_preparing_leaves_no_runnable_run(tlib, point):
     left = _run_dirs(tlib)
     assert len(left) == 1
     if point == "run_data_written":
-        assert left[0].name.startswith(T.TMP_PREFIX) and not (left[0] / "spec.yaml").exists()
+        assert left[0].name.startswith(run_folders.TMP_PREFIX) and not (left[0] / "spec.yaml").exists()
     else:
         assert not left[0].name.startswith(".") and (left[0] / "spec.yaml").is_file() and (left[0] / "job.json").is_file()
     # young leftovers stay (a live process may own them); old ones are swept
-    assert T.sweep_leftovers(tlib) == [] and left[0].exists()
-    assert T.sweep_leftovers(tlib, grace_s=0) == left and not left[0].exists()
+    assert run_folders.sweep_leftovers(tlib) == [] and left[0].exists()
+    assert run_folders.sweep_leftovers(tlib, grace_s=0) == left and not left[0].exists()
     # and the name is free again
     assert T.enqueue(tlib, _spec(tlib, name="k")).name == "k"
 
@@ -231,7 +235,7 @@ def test_a_run_whose_supervisor_died_is_running_while_its_worker_runs_or_starts(
         assert lock_holder(run_dir)["launcher_pid"] == launcher.pid
         assert main(["runs", "list"]) == 0
         assert "running (supervisor gone)" in capsys.readouterr().out
-        with pytest.raises(T.RunBusy):  # no second supervisor, so no second worker
+        with pytest.raises(RunBusy):  # no second supervisor, so no second worker
             T.run_job(tlib, run.id, Context())
         # the worker runs; even with its launcher gone it holds the run
         worker = _fake_worker(run_dir, "L1")
@@ -239,7 +243,7 @@ def test_a_run_whose_supervisor_died_is_running_while_its_worker_runs_or_starts(
         launcher.kill()
         launcher.wait()
         assert lock_holder(run_dir) is None and store.get(run.id).supervisor_gone
-        with pytest.raises(T.RunBusy, match=f"worker \\(pid {worker.pid}\\) is still running"):
+        with pytest.raises(RunBusy, match=f"worker \\(pid {worker.pid}\\) is still running"):
             T.run_job(tlib, run.id, Context())
         with pytest.raises(InvalidInput, match="cancel it first"):
             store.remove(run.id)
@@ -293,7 +297,7 @@ def test_attach_follows_a_live_supervisor_and_reports_what_it_records(tlib):
             sup.stdin.flush()
 
         threading.Timer(0.3, go).start()  # the steps come while attach follows
-        with pytest.raises(T.TrainingFailed, match=f"Training run {run.id} is failed: failed: boom"):
+        with pytest.raises(TrainingFailed, match=f"Training run {run.id} is failed: failed: boom"):
             T.attach(tlib, run.id, Context(on_log=logs.append, on_progress=lambda d, t, m: steps.append(d)))
         assert steps and set(steps) <= {1, 2} and steps[-1] == 2 and any(f"supervised by process {sup.pid}" in m for m in logs)
     finally:
@@ -319,7 +323,7 @@ def test_train_holds_its_run_from_birth_so_no_one_else_can_run_it(tlib, monkeypa
         # while 'train' goes from preparing to supervising, another supervisor (a queue runner) is refused
         run = RunStore(lib.catalogue).get(run_id)
         seen["holder"] = lock_holder(Path(run.run_dir))
-        with pytest.raises(T.RunBusy):
+        with pytest.raises(RunBusy):
             real_run_job(lib, run_id, Context())
         kw["_lock"].release()
         return "stopped here"

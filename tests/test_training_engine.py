@@ -19,6 +19,7 @@ from adapterstudio.core.errors import Cancelled, InvalidInput
 from adapterstudio.core.runs import RunStore
 from adapterstudio.core.training.spec import TrainingSpec
 from adapterstudio.services import training as T
+from adapterstudio.services.launch import TrainingFailed
 from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
 
 LINEAGE_KEYS = {"run_id", "task", "strategy", "spec", "base", "dataset", "labels", "chat_template", "text_column",
@@ -334,8 +335,24 @@ def test_qlora_without_cuda_is_a_clear_error(tlib):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(T.TrainingFailed, match="QLoRA.*needs a CUDA GPU"):
+    with pytest.raises(TrainingFailed, match="QLoRA.*needs a CUDA GPU"):
         T.train(tlib, _spec(tlib, strategy="lora", quantize="4bit", name="q"))
+
+
+def test_a_failing_cuda_probe_makes_the_estimate_unknown_not_a_host_ram_fit(tlib, monkeypatch, caplog):
+    import torch
+
+    def broken():
+        raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", broken)
+    spec, _ = T.resolve_spec(tlib, _spec(tlib, cpu=False))
+    est = T.memory_estimate(tlib, spec)
+    assert (est["device"], est["available"], est["fits"]) == ("cuda", None, None)
+    assert "CUDA driver version is insufficient" in caplog.text
+    # a CPU run never asks CUDA: host RAM is the memory it trains in
+    assert T.memory_estimate(tlib, spec.replace(cpu=True))["device"] == "cpu"
 
 
 def test_name_taken_and_unknown_base_fail_before_launch(tlib):

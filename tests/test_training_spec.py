@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from adapterstudio.core.errors import InvalidInput
-from adapterstudio.core.training.data import load_table, prepare, stratified_split
+from adapterstudio.core.training.data import prepare, stratified_split
+from adapterstudio.core.training.loaders import load_table
 from adapterstudio.core.training.spec import TrainingSpec, batch_token_budget, estimate_memory, group_by_length
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
+from adapterstudio.core.fsutil import sha256_file
 # the pickle suffixes live in core.peft_format (a local import refuses the same files a pull does)
 from adapterstudio.core.peft_format import PICKLE_SUFFIXES
 from adapterstudio.core.peft_format import is_pickle as is_pickle  # re-exported for providers
+
 # Safe, data-only files an adapter repository holds (weights, configs, cards, tokenizer files).
 SAFE_SUFFIXES = (".safetensors", ".json", ".md", ".txt", ".model", ".jinja", ".yaml", ".yml")
 
@@ -33,8 +35,5 @@ def git_blob_oid(data_path: str | os.PathLike[str]) -> str:
 
 
 def sha256_of(data_path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(data_path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    """The SHA-256 (hex) of a file, as hubs report it for large files."""
+    return sha256_file(Path(data_path))

@@ -16,7 +16,7 @@ from typing import Any
 from collections.abc import Callable
 
 from adapterstudio.api import ENTRY_POINT_GROUP, HubProvider, ProviderConfig
-from adapterstudio.core.errors import NotFound, UserError
+from adapterstudio.core.errors import NotFound, UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,9 @@ def discover(group: str = ENTRY_POINT_GROUP, disabled: list[str] | tuple[str, ..
             except BaseException as exc:  # a plugin may raise anything, even SystemExit (recorded as its error)
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                entry.error = _one_line(exc)
+                entry.error = one_line(exc)
         entries[ep.name] = entry
     return sorted(entries.values(), key=lambda e: e.name)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def load_provider(name: str, config: ProviderConfig | None = None, *, group: str = ENTRY_POINT_GROUP,
@@ -99,7 +94,7 @@ def load_provider(name: str, config: ProviderConfig | None = None, *, group: str
     except UserError:
         raise
     except Exception as exc:  # a plugin may raise anything: re-raised as a UserError sentence
-        raise UserError(f"The hub provider {name!r} could not start: {_one_line(exc)}.") from exc
+        raise UserError(f"The hub provider {name!r} could not start: {one_line(exc)}.") from exc
     problems = check_provider(provider)
     if problems:
         raise UserError(f"The hub provider {name!r} does not implement the plugin API: {problems}.")

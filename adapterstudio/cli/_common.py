@@ -9,7 +9,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from adapterstudio.core.context import Context
@@ -150,15 +151,32 @@ class ProgressBar:
         sys.stderr.write(line)
         sys.stderr.flush()
 
+    def log(self, message: str) -> None:
+        """A log line on stderr, above the bar (they share stderr)."""
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+        print(message, file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
             sys.stderr.flush()
 
 
-def cli_context(label: str, args: argparse.Namespace) -> tuple[Context, ProgressBar]:
+def cli_context(label: str, args: argparse.Namespace, *, logs: bool = False) -> tuple[Context, ProgressBar]:
+    """A task context whose progress draws a bar on stderr (none with --json); with *logs*, its log lines too."""
     bar = ProgressBar(label, enabled=not want_json(args))
-    return Context(on_progress=bar), bar
+    return Context(on_progress=bar, on_log=bar.log if logs and not want_json(args) else None), bar
+
+
+@contextmanager
+def progress(label: str, args: argparse.Namespace, *, logs: bool = False) -> Iterator[Context]:
+    """:func:`cli_context` for one block: the bar is closed when it ends, however it ends."""
+    ctx, bar = cli_context(label, args, logs=logs)
+    try:
+        yield ctx
+    finally:
+        bar.close()
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:

@@ -7,7 +7,7 @@ import getpass
 import sys
 from typing import Any
 
-from adapterstudio.cli._common import add_group, cli_context, emit, human_size, open_lib, table
+from adapterstudio.cli._common import add_group, emit, human_size, open_lib, progress, table
 from adapterstudio.core.errors import InvalidInput, UserError
 
 
@@ -160,12 +160,9 @@ def hub_push(args: argparse.Namespace) -> int:
     from adapterstudio.services import hub
 
     lib = open_lib(args)
-    ctx, bar = cli_context(f"push {args.name}", args)
-    try:
+    with progress(f"push {args.name}", args) as ctx:
         res = hub.push_adapter(lib, args.name, args.repo, provider=args.provider, private=args.private,
                                message=args.message, base_model=args.base_model, ctx=ctx)
-    finally:
-        bar.close()
     emit(args, res, f"Published {res['adapter']} as {res['id']} (revision {res['revision'][:12]}, base {res['base_model']})"
          + (f": {res['url']}" if res.get("url") else "."))
     return 0
@@ -175,12 +172,9 @@ def hub_pull(args: argparse.Namespace) -> int:
     from adapterstudio.services import hub
 
     lib = open_lib(args)
-    ctx, bar = cli_context(f"pull {args.id}", args)
-    try:
+    with progress(f"pull {args.id}", args) as ctx:
         res = hub.pull_adapter(lib, args.id, revision=args.revision, name=args.name, provider=args.provider,
                                allow_pickle=True if args.allow_pickle else None, ctx=ctx)
-    finally:
-        bar.close()
     text = f"Imported {res['id']}@{res['revision'][:12]} as {res['adapter']}" + (
         f" (base {res['base']})." if res["base"] else ".")
     if res.get("hint"):
@@ -203,10 +197,7 @@ def base_fetch(args: argparse.Namespace) -> int:
     from adapterstudio.services import hub
 
     lib = open_lib(args)
-    ctx, bar = cli_context(f"fetch {args.name}", args)
-    try:
+    with progress(f"fetch {args.name}", args) as ctx:
         rec = hub.fetch_base(lib, args.name, revision=args.revision, ctx=ctx)
-    finally:
-        bar.close()
     emit(args, rec.to_json(), f"Downloaded {rec.hub_id} to {rec.path} ({rec.architecture}, {human_size(rec.size_bytes)}).")
     return 0

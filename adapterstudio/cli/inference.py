@@ -11,15 +11,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from adapterstudio.cli._common import cli_context, emit, open_lib, want_json
+from adapterstudio.cli._common import cli_context, emit, open_lib, progress, want_json
 from adapterstudio.core.errors import InvalidInput, UserError
+from adapterstudio.core.settings import PRECISIONS
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--base", required=True, help="the catalogued base model to load")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: settings)")
-    run.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], help="default: settings")
+    run.add_argument("--precision", choices=PRECISIONS, help="default: settings")
 
     p = sub.add_parser("infer", parents=[common, run], help="run a base with adapters (generate or classify)",
                        description="Run the base alone, with one adapter, or with a weighted blend "
@@ -47,7 +48,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--merged", metavar="DIR")
     g.add_argument("--gguf", metavar="DIR")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], help="merged weights' dtype (default: fp32 on CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, help="merged weights' dtype (default: fp32 on CPU)")
     p.add_argument("--outtype", choices=["f32", "f16"], default="f32", help="GGUF tensor type (default f32)")
     p.set_defaults(handler=cmd_export)
 
@@ -156,8 +157,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     lib = open_lib(args)
     try:
         specs = [parse_adapter_arg(n) for n in args.names]
-        ctx, bar = cli_context("exporting", args)
-        try:
+        with progress("exporting", args) as ctx:
             if args.merged:
                 out = export_merged(lib, dict(specs), args.merged, precision=args.precision or "fp32", ctx=ctx)
                 data: dict[str, Any] = {"merged": str(out), "adapters": dict(specs)}
@@ -168,8 +168,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                 data = export_gguf(lib, specs[0][0], args.gguf, outtype=args.outtype, ctx=ctx)
                 text = (f"GGUF LoRA written to {data['gguf']}\nModelfile written to {data['modelfile']} "
                         "(edit its FROM line to your base GGUF, then: ollama create NAME -f Modelfile)")
-        finally:
-            bar.close()
         emit(args, data, text)
         return 0
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from adapterstudio.cli._common import add_group, cli_context, emit, human_size, open_lib, table
+from adapterstudio.cli._common import add_group, emit, human_size, open_lib, progress, table
 from adapterstudio.core.names import printable
 
 
@@ -102,11 +102,8 @@ def _base_lines(b) -> str:
 
 def base_add(args: argparse.Namespace) -> int:
     lib = open_lib(args)
-    ctx, bar = cli_context("hashing", args)
-    try:
+    with progress("hashing", args) as ctx:
         b = lib.add_base(args.source, args.name, compute_hash=not args.no_hash, hub_id=args.hub_id, ctx=ctx)
-    finally:
-        bar.close()
     emit(args, b.to_json(), lambda: f"Registered base model {b.name!r}.\n" + _base_lines(b))
     return 0
 
@@ -128,11 +125,8 @@ def base_show(args: argparse.Namespace) -> int:
 
 def base_scan(args: argparse.Namespace) -> int:
     lib = open_lib(args)
-    ctx, bar = cli_context("scanning", args)
-    try:
+    with progress("scanning", args) as ctx:
         res = lib.scan_hf_cache(args.cache_dir, ctx=ctx)
-    finally:
-        bar.close()
     data = {"added": [b.to_json() for b in res["added"]], "skipped": res["skipped"]}
     emit(args, data, lambda: "\n".join(
         [f"added    {b.name}" for b in res["added"]] + [f"skipped  {s['name']}: {s['reason']}" for s in res["skipped"]]
@@ -180,12 +174,9 @@ def _adapter_lines(a) -> str:
 
 def adapter_import(args: argparse.Namespace) -> int:
     lib = open_lib(args)
-    ctx, bar = cli_context("importing", args)
-    try:
+    with progress("importing", args) as ctx:
         a = lib.import_adapter(args.path, args.name, base=args.base, allow_pickle=args.allow_pickle or None,
                                tags=args.tag, notes=args.notes, ctx=ctx)
-    finally:
-        bar.close()
     emit(args, a.to_json(), lambda: f"Imported adapter {a.name!r}.\n" + _adapter_lines(a))
     return 0
 

@@ -8,19 +8,17 @@ from typing import Any
 
 from adapterstudio.cli._common import (
     add_group,
-    cli_context,
     emit,
     human_size,
     open_lib,
+    progress,
     table,
-    want_json,
 )
 from adapterstudio.core.metrics import METRICS
 from adapterstudio.core.runs import STATUSES
+from adapterstudio.core.settings import PRECISIONS
+from adapterstudio.core.training.spec import CLASS_WEIGHTS, HEAD_INITS, QUANTIZE, RECIPES, SCHEDULES, STRATEGIES, TASKS
 from adapterstudio.services import baseline
-
-TASK_CHOICES = ["seq-cls", "regression", "causal-lm", "token-cls", "image-cls"]
-STRATEGY_CHOICES = ["head", "partial", "lora", "dora", "ia3", "loha", "lokr", "full"]
 
 # CLI flag -> spec field (only flags the user gave override the --config file)
 SPEC_FLAGS = {
@@ -44,9 +42,9 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     S = argparse.SUPPRESS
     p.add_argument("--base", default=S, help="catalogued base model name")
     p.add_argument("--data", default=S, help="CSV, TSV, JSONL, JSON, Parquet file or a datasets save_to_disk folder")
-    p.add_argument("--task", choices=TASK_CHOICES, default=S, help="what to train (default seq-cls)")
+    p.add_argument("--task", choices=TASKS, default=S, help="what to train (default seq-cls)")
     if not for_compare:
-        p.add_argument("--strategy", choices=STRATEGY_CHOICES, default=S, help="head, partial, lora (default), dora, ia3, loha, lokr or full")
+        p.add_argument("--strategy", choices=STRATEGIES, default=S, help="head, partial, lora (default), dora, ia3, loha, lokr or full")
     p.add_argument("--name", default=S, help="catalogue name of the result" + (" prefix" if for_compare else ""))
     p.add_argument("--text-column", default=S)
     p.add_argument("--text-pair-column", default=S)
@@ -59,7 +57,7 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     p.add_argument("--test", default=S, metavar="FILE", help="a held-out test file")
     p.add_argument("--val-fraction", type=float, default=S)
     p.add_argument("--test-fraction", type=float, default=S)
-    p.add_argument("--recipe", choices=["auto", "fixed"], default=S,
+    p.add_argument("--recipe", choices=RECIPES, default=S,
                    help="auto (default): epochs as a step budget, evaluations, early stopping, metric, learning rates, "
                         "class weights and head initialisation decided from the data (written into the spec; any "
                         "setting you give wins); fixed: the same defaults for every data set (3 epochs, ...)")
@@ -68,9 +66,9 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
                    help="validation metric that selects the best checkpoint and stops early (default: macro_f1 for "
                         "skewed or multi-class labels, accuracy for balanced two-class, rmse for regression)")
     p.add_argument("--head-lr", type=float, default=S, help="the new head's learning rate (adapters; default by recipe)")
-    p.add_argument("--class-weights", choices=["none", "balanced"], default=S,
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=S,
                    help="weigh the loss against class skew (default: balanced when classes are skewed)")
-    p.add_argument("--head-init", choices=["probe", "random"], default=S,
+    p.add_argument("--head-init", choices=HEAD_INITS, default=S,
                    help="start the new head from the frozen-feature probe (default) or at random")
     p.add_argument("--refit", action="store_true", default=S,
                    help="after the validation split chose the number of steps, train again on training + validation "
@@ -89,7 +87,7 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     p.add_argument("--num-processes", type=int, default=S, help="processes (GPUs, or CPU processes with --cpu: DDP over gloo)")
     p.add_argument("--cpu", action="store_true", default=S, help="train on the CPU even if a GPU is present")
     p.add_argument("--seed", type=int, default=S)
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=S)
+    p.add_argument("--precision", choices=PRECISIONS, default=S)
     p.add_argument("--lora-r", type=int, default=S)
     p.add_argument("--lora-alpha", type=int, default=S)
     p.add_argument("--target-modules", default=S, help="comma-separated module names (default: all linear layers)")
@@ -100,14 +98,14 @@ def _spec_args(p: argparse.ArgumentParser, *, for_compare: bool = False) -> None
     p.add_argument("--eval-every", type=int, default=S, metavar="STEPS",
                    help="optimizer steps between validations (0: once per epoch; default by recipe)")
     p.add_argument("--save-every", type=int, default=S, metavar="STEPS", help="checkpoint every N optimizer steps")
-    p.add_argument("--quantize", choices=["none", "4bit", "8bit"], default=S, help="QLoRA base (CUDA + bitsandbytes only)")
+    p.add_argument("--quantize", choices=QUANTIZE, default=S, help="QLoRA base (CUDA + bitsandbytes only)")
     p.add_argument("--packing", action="store_true", default=S, help="causal-lm: pack texts into full rows")
     from adapterstudio.core.training.data import ALLOW_CHECKS
 
     p.add_argument("--allow", action="append", default=S, metavar="CHECK[,CHECK]",
                    help="accept data that a check refuses because it is usually a mistake (repeatable): " +
                         "; ".join(f"{k}: {v}" for k, v in ALLOW_CHECKS.items()))
-    p.add_argument("--schedule", choices=["linear", "cosine", "constant", "constant_with_warmup"], default=S)
+    p.add_argument("--schedule", choices=SCHEDULES, default=S)
     p.add_argument("--warmup-ratio", type=float, default=S)
     p.add_argument("--weight-decay", type=float, default=S)
     p.add_argument("--accelerate-config", default=S, metavar="FILE", help="an accelerate config (multi-GPU, DeepSpeed, FSDP)")
@@ -180,20 +178,6 @@ def build_spec(args: argparse.Namespace):
     return spec.replace(**changes)
 
 
-def _progress_ctx(args: argparse.Namespace, label: str):
-    ctx, bar = cli_context(label, args)
-    if not want_json(args):
-        import sys
-
-        def log(msg: str) -> None:
-            if bar.enabled:
-                sys.stderr.write("\r\033[K")
-            print(msg, file=sys.stderr, flush=True)
-
-        ctx._on_log = log  # the bar and the log share stderr
-    return ctx, bar
-
-
 def _run_outcome(args: argparse.Namespace, out: Any) -> int:
     r = out.result
     name = getattr(out.adapter, "name", None)
@@ -229,11 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             raise InvalidInput(f"--resume goes on with the run's own spec: only --name may go with it, not "
                                f"--{other[0].replace('_', '-')}.")
-        ctx, bar = _progress_ctx(args, "training")
-        try:
+        with progress("training", args, logs=True) as ctx:
             out = T.resume(lib, args.resume, ctx, name=getattr(args, "name", None))
-        finally:
-            bar.close()
         return _run_outcome(args, out)
     spec = build_spec(args)
     if args.estimate:
@@ -244,11 +225,8 @@ def cmd_train(args: argparse.Namespace) -> int:
              f"available on {est['device']}: {human_size(est['available'])}; "
              + ("fits" if est["fits"] else "does NOT fit" if est["fits"] is False else "unknown"))
         return 0
-    ctx, bar = _progress_ctx(args, "training")
-    try:
+    with progress("training", args, logs=True) as ctx:
         out = T.train(lib, spec, ctx)
-    finally:
-        bar.close()
     return _run_outcome(args, out)
 
 
@@ -273,7 +251,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     lib = open_lib(args)
     rs = RunStore(lib.catalogue).list(status=args.status)
     emit(args, [r.to_json() for r in rs], lambda: table(
-        [[r.id, r.name, r.shown_status, r.spec.get("strategy"), r.base, r.world_size,
+        [[r.id, r.name, r.status_text, r.spec.get("strategy"), r.base, r.world_size,
           f"{r.duration_s:.0f}s" if r.duration_s is not None else None, _fmt_metric(r)] for r in rs],
         ["RUN", "NAME", "STATUS", "STRATEGY", "BASE", "WORLD", "TIME", "METRIC"]) if rs else "no training runs")
     return 0
@@ -287,7 +265,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     d = {**r.to_json(), **baseline.fields(r.metrics)}
 
     def text() -> str:
-        lines = [f"run {r.id} ({r.name}): {r.shown_status}", f"base: {r.base}", f"adapter: {r.adapter or '-'}",
+        lines = [f"run {r.id} ({r.name}): {r.status_text}", f"base: {r.base}", f"adapter: {r.adapter or '-'}",
                  f"world_size: {r.world_size or '-'}", f"last checkpoint: {r.last_checkpoint or '-'}",
                  f"duration: {r.duration_s:.1f}s" if r.duration_s is not None else "duration: -",
                  f"folder: {r.run_dir}"]
@@ -311,11 +289,8 @@ def cmd_runs_save_probe(args: argparse.Namespace) -> int:
     from adapterstudio.services import training as T
 
     lib = open_lib(args)
-    ctx, bar = _progress_ctx(args, "saving the probe")
-    try:
+    with progress("saving the probe", args, logs=True) as ctx:
         rec = T.save_probe(lib, args.run, args.name, ctx)
-    finally:
-        bar.close()
     emit(args, rec.to_json() if hasattr(rec, "to_json") else {"name": rec.name},
          f"saved the frozen-feature probe of run {args.run} as head adapter {rec.name!r}")
     return 0
@@ -345,11 +320,8 @@ def cmd_queue_add(args: argparse.Namespace) -> int:
     from adapterstudio.services import training as T
 
     lib = open_lib(args)
-    ctx, bar = _progress_ctx(args, "checking")
-    try:
+    with progress("checking", args, logs=True) as ctx:
         r = T.enqueue(lib, build_spec(args), ctx)
-    finally:
-        bar.close()
     emit(args, r.to_json(), f"queued run {r.id} ({r.name}); start the queue with 'adapterstudio queue run'")
     return 0
 
@@ -358,11 +330,8 @@ def cmd_queue_run(args: argparse.Namespace) -> int:
     from adapterstudio.services import training as T
 
     lib = open_lib(args)
-    ctx, bar = _progress_ctx(args, "queue")
-    try:
+    with progress("queue", args, logs=True) as ctx:
         done = T.run_queue(lib, ctx, limit=args.limit)
-    finally:
-        bar.close()
     emit(args, done, lambda: table([[d["run"], d["name"], d["status"], d.get("error", "")] for d in done],
                                    ["RUN", "NAME", "STATUS", "ERROR"]) if done else "the queue is empty")
     return 0 if all(d["status"] == "succeeded" for d in done) else 1
@@ -381,11 +350,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from adapterstudio.services import training as T
 
     lib = open_lib(args)
-    ctx, bar = _progress_ctx(args, "evaluating")
-    try:
+    with progress("evaluating", args, logs=True) as ctx:
         res = T.evaluate(lib, args.name, args.data, ctx, batch_size=args.batch_size, base=args.base)
-    finally:
-        bar.close()
     emit(args, res, lambda: "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in res.items()))
     return 0
 
@@ -396,11 +362,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     lib = open_lib(args)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     spec = build_spec(args)
-    ctx, bar = _progress_ctx(args, "compare")
-    try:
+    with progress("compare", args, logs=True) as ctx:
         rows = T.compare(lib, spec, strategies, ctx)
-    finally:
-        bar.close()
 
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))

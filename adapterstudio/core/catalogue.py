@@ -23,6 +23,14 @@ source) instead of failing.
 
 A library that cannot be written (permissions, a read-only drive) opens read-only:
 reading works, and every write says :class:`ReadOnlyLibrary`.
+
+Why one ~800-line class: the index rows and the files they refer to are kept whole by the
+rules above, and every part here takes part in them: the connection and transaction code
+maps SQLite's errors to a read-only library or a full disk; blob storage, adapter folders,
+inserts, removals and the health check each rely on "files before rows" and "blobs deleted
+only under the write lock" and on that one transaction. Split across modules, each rule
+would be half in one file and half in another. What stands apart, the schema and its
+migrations, is in :mod:`adapterstudio.core.catalogue_schema`.
 """
 
 from __future__ import annotations
@@ -41,105 +49,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from adapterstudio.core.catalogue_schema import MIGRATIONS, SCHEMA_VERSION, refuse_newer
 from adapterstudio.core.errors import (
     AlreadyExists, DiskFull, InvalidInput, NotFound, ReadOnlyLibrary, UserError, free_bytes, is_disk_full,
 )
 from adapterstudio.core.fsutil import CHUNK, atomic_output, fsync_dir
 from adapterstudio.core.names import same_text
 from adapterstudio.core.records import AdapterFile, AdapterRecord, BaseRecord
-
-SCHEMA_VERSION = 2
-
-# Each entry upgrades the schema from version i to i+1. Never edit a released entry.
-MIGRATIONS: list[str] = [
-    # 0 -> 1
-    """
-    CREATE TABLE bases (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-        source TEXT NOT NULL,
-        path TEXT,
-        hub_id TEXT,
-        revision TEXT,
-        content_hash TEXT,
-        architecture TEXT,
-        model_type TEXT,
-        num_parameters INTEGER,
-        dtype TEXT,
-        size_bytes INTEGER,
-        target_modules TEXT NOT NULL DEFAULT '[]',
-        module_shapes TEXT NOT NULL DEFAULT '{}',
-        config TEXT NOT NULL DEFAULT '{}',
-        notes TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE adapters (
-        id INTEGER PRIMARY KEY,
-        uid TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-        base_id INTEGER REFERENCES bases(id) ON DELETE SET NULL,
-        base_ref TEXT,
-        peft_type TEXT NOT NULL,
-        task_type TEXT,
-        rank INTEGER,
-        target_modules TEXT NOT NULL DEFAULT '[]',
-        size_bytes INTEGER NOT NULL,
-        compatible INTEGER,
-        compat_reason TEXT NOT NULL DEFAULT '',
-        notes TEXT NOT NULL DEFAULT '',
-        source TEXT NOT NULL,
-        source_ref TEXT,
-        run_id TEXT,
-        parent_id INTEGER REFERENCES adapters(id) ON DELETE SET NULL,
-        weights_format TEXT NOT NULL DEFAULT 'safetensors',
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        -- large JSON last: listing never reads past the small columns
-        config TEXT NOT NULL DEFAULT '{}',
-        lineage TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX adapters_base ON adapters(base_id);
-    CREATE INDEX adapters_peft ON adapters(peft_type);
-    CREATE INDEX adapters_task ON adapters(task_type);
-    CREATE TABLE adapter_tags (
-        adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,
-        tag TEXT NOT NULL COLLATE NOCASE,
-        PRIMARY KEY (adapter_id, tag)
-    );
-    CREATE INDEX adapter_tags_tag ON adapter_tags(tag);
-    CREATE TABLE adapter_files (
-        adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,
-        relpath TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        PRIMARY KEY (adapter_id, relpath)
-    );
-    CREATE INDEX adapter_files_sha ON adapter_files(sha256);
-    """,
-    # 1 -> 2: training runs and the persistent job queue
-    """
-    CREATE TABLE runs (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        status TEXT NOT NULL,
-        spec TEXT NOT NULL DEFAULT '{}',
-        base_id INTEGER REFERENCES bases(id) ON DELETE SET NULL,
-        adapter_id INTEGER REFERENCES adapters(id) ON DELETE SET NULL,
-        run_dir TEXT NOT NULL,
-        metrics TEXT NOT NULL DEFAULT '{}',
-        world_size INTEGER,
-        last_checkpoint TEXT,
-        error TEXT NOT NULL DEFAULT '',
-        pid INTEGER,
-        queue_position REAL,
-        created_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX runs_status ON runs(status);
-    """,
-]
 
 
 def _now() -> float:
@@ -307,10 +223,7 @@ class Catalogue:
 
     def _check_readable_schema(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise InvalidInput(
-                f"The catalogue {self.db_path} was written by a newer AdapterStudio (schema {version}); upgrade the app."
-            )
+        refuse_newer(version, self.db_path)
         if version < SCHEMA_VERSION:
             raise self._refusal  # it needs an upgrade, which is a write
 
@@ -351,10 +264,7 @@ class Catalogue:
     def _migrate(self) -> None:
         with self.transaction() as c:
             version = c.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise InvalidInput(
-                    f"The catalogue {self.db_path} was written by a newer AdapterStudio (schema {version}); upgrade the app."
-                )
+            refuse_newer(version, self.db_path)
             for v in range(version, SCHEMA_VERSION):
                 for stmt in MIGRATIONS[v].split(";"):
                     if stmt.strip():

@@ -121,3 +121,9 @@ def find_disk_full(exc: BaseException) -> BaseException | None:
 
 class Cancelled(Exception):
     """Raised inside long work when the user asked to stop."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a message can quote it: its type and the first line of what it says."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
-from adapterstudio.core.errors import DiskFull, is_disk_full
+from adapterstudio.core.errors import DiskFull, InvalidInput, free_bytes, is_disk_full
 
 CHUNK = 4 * 1024 * 1024
+# Disk space an import or export keeps free beyond its files (the catalogue's own writes).
+SPACE_MARGIN = 1_000_000
 
 
 def fsync_dir(path: Path) -> None:
@@ -88,6 +90,36 @@ def copy_atomic(src: Path, dst: Path, ctx: TaskContext = NULL_CONTEXT) -> None:
             out.write(chunk)
             ctx.check_cancelled()
     shutil.copymode(src, dst)
+
+
+def require_space(folder: Path, needed: int) -> None:
+    """Refuse before writing anything when *folder*'s disk cannot hold *needed* more bytes."""
+    free = free_bytes(folder)
+    if needed and free is not None and free < needed + SPACE_MARGIN:
+        raise DiskFull(folder, needed, free)
+
+
+def new_output_folder(dest: str | os.PathLike[str], needed: int = 0) -> tuple[Path, Path]:
+    """For an export into the new folder *dest*: (*dest* resolved, an empty temporary folder beside it to write in).
+
+    Refused unless *dest* is absent or an empty folder with room for *needed* bytes.
+    :func:`publish_folder` puts the written folder in place whole; whoever fails before that
+    removes the temporary folder."""
+    out = Path(dest).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInput(f"{out} already exists and is not an empty folder; export into a new folder.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    require_space(out.parent, needed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    return out, tmp
+
+
+def publish_folder(tmp: Path, out: Path) -> None:
+    """Rename the folder written as *tmp* to *out* (from :func:`new_output_folder`), replacing an empty *out*."""
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
 
 
 def iter_files(folder: Path) -> Iterator[Path]:

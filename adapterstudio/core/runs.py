@@ -44,6 +44,11 @@ EXIT_CANCELLED = 3  # stopped on request after checkpointing
 EXIT_OOM = 75  # out of memory: the supervisor halves the micro-batch and resumes
 LOCK_FILE = "supervisor.lock"
 WORKER_LOCK = "worker.lock"
+# the files of a run folder that its supervisor and its worker both know
+JOB_FILE = "job.json"  # what the worker needs beyond spec.yaml: the base's path and identity, labels, columns, dataset
+RESULT_FILE = "result.json"  # written by the worker once training finished
+STOP_FILE = "stop"  # its presence asks the worker to stop at its next step (after a checkpoint)
+WORKER_LOG = "worker.log"  # the launcher's and worker's output
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 
 
@@ -71,6 +76,11 @@ class RunRecord:
     supervisor_gone: bool = False
 
     @property
+    def status_text(self) -> str:
+        """The status as the runs tables show it (CLI and GUI): a run whose supervisor is gone says so."""
+        return "running (supervisor gone)" if self.supervisor_gone else self.status
+
+    @property
     def duration_s(self) -> float | None:
         d = self.metrics.get("duration_s") if isinstance(self.metrics, dict) else None
         if d is not None:
@@ -78,11 +88,6 @@ class RunRecord:
         if self.started_at:
             return (self.finished_at or time.time()) - self.started_at
         return None
-
-    @property
-    def shown_status(self) -> str:
-        """The status as run lists show it: 'running (supervisor gone)' while only its worker runs."""
-        return "running (supervisor gone)" if self.supervisor_gone else self.status
 
     @property
     def resumable(self) -> bool:

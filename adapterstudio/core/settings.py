@@ -22,6 +22,8 @@ from adapterstudio.core.fsutil import atomic_write_text
 
 SETTINGS_VERSION = 1
 APP_NAME = "AdapterStudio"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # a model's weights: this setting, a training spec, the CLI's --precision
+THEMES = ("system", "light", "dark")
 
 
 def default_library_dir() -> Path:
@@ -60,8 +62,8 @@ class Settings:
 
     _CHOICES = {
         "device": None,
-        "precision": ("auto", "fp32", "fp16", "bf16"),
-        "theme": ("system", "light", "dark"),
+        "precision": PRECISIONS,
+        "theme": THEMES,
     }
 
     def validate(self, source: str = "settings") -> None:

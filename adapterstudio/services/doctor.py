@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import platform
 import shutil
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 OK, WARN, ERROR = "ok", "warning", "error"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +53,8 @@ def _gui_version() -> str | None:
         return v
     try:
         return str(importlib.import_module("PySide6").__version__)
-    except Exception:  # noqa: BLE001 - a broken Qt install reads as absent
+    except Exception as exc:  # noqa: BLE001  (a broken Qt install reads as absent, whose advice reinstalls it; logged)
+        log.warning("PySide6 is installed but cannot be imported (%s: %s)", type(exc).__name__, exc)
         return None
 
 
@@ -129,7 +133,7 @@ def check_resources(library: Path) -> list[Check]:
 
         vm = psutil.virtual_memory()
         total, avail = vm.total, vm.available
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (no psutil, or it cannot read this system: the same numbers from sysconf below)
         try:
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
@@ -203,7 +207,7 @@ def check_plugins() -> list[Check]:
     out = []
     try:
         entries = registry.discover_providers()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001  (whatever discovery raises is the finding: reported as an error check)
         return [Check("plugins", ERROR, f"plugin discovery failed: {exc}")]
     for e in entries:
         name = getattr(e, "name", "?")

@@ -40,7 +40,7 @@ from adapterstudio.api.cards import (
 )
 from adapterstudio.api.registry import ProviderEntry, discover, load_provider
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
-from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError
+from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError, one_line
 from adapterstudio.core.records import AdapterRecord
 from adapterstudio.services import baseline
 
@@ -326,8 +326,7 @@ def fetch_base(lib, name: str, *, revision: str | None = None, ctx: TaskContext 
         raise NotFound(f"There is no model {base.hub_id} on {endpoint or huggingface_hub.constants.ENDPOINT} "
                        f"(or it is gated/private and you are not logged in).") from None
     except Exception as exc:  # noqa: BLE001  (huggingface_hub/requests raise many types: one NetworkError sentence)
-        raise NetworkError(f"Could not download {base.hub_id}: {type(exc).__name__}: "
-                           f"{(str(exc).splitlines() or [''])[0]}.") from None
+        raise NetworkError(f"Could not download {base.hub_id}: {one_line(exc)}.") from None
     info_local = inspect_model_folder(folder, allow_pickle=False)
     content_hash = hash_model_folder(folder, ctx)
     rec = lib.catalogue.update_base(

@@ -8,10 +8,10 @@ refused input leaves the catalogue exactly as it was.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,9 @@ from typing import Any
 from adapterstudio.core.catalogue import Catalogue
 from adapterstudio.core.compat import CompatReport, check_compatibility
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
-from adapterstudio.core.errors import (
-    AlreadyExists, DiskFull, Incompatible, InvalidInput, NotFound, free_bytes,
-)
-from adapterstudio.core.fsutil import copy_atomic, fsync_dir, iter_files, sha256_file
+from adapterstudio.core.errors import AlreadyExists, Incompatible, InvalidInput, NotFound
+from adapterstudio.core.fsutil import (copy_atomic, iter_files, new_output_folder, publish_folder, require_space,
+                                      sha256_file)
 from adapterstudio.core.model_info import inspect_model_folder
 from adapterstudio.core.names import validate_name, validate_notes, validate_tag
 from adapterstudio.core.peft_format import HUB_ID, AdapterConfig, find_weights, is_pickle, read_adapter_config
@@ -32,17 +31,10 @@ from adapterstudio.core.settings import Settings, load_settings
 
 # Key in a base's module shapes recording that loaded-model names were added already.
 _LOADED_NAMES_MARK = "__loaded_module_names__"
-# Disk space an import or export keeps free beyond its files (the catalogue's own writes).
-_SPACE_MARGIN = 1_000_000
+
+log = logging.getLogger(__name__)
 
 _check_name = validate_name  # the one rule for names lives in core.names
-
-
-def _require_space(folder: Path, needed: int) -> None:
-    """Refuse before writing anything when *folder*'s disk cannot hold *needed* more bytes."""
-    free = free_bytes(folder)
-    if needed and free is not None and free < needed + _SPACE_MARGIN:
-        raise DiskFull(folder, needed, free)
 
 
 @dataclass
@@ -199,7 +191,7 @@ class Library:
             hashed.append((p, sha256_file(p, ctx, done, total), size))
             done += size
         # Only content the library does not hold yet takes space (plus a hard-linked folder, which takes none).
-        _require_space(self.root, sum(size for p, sha, size in hashed if not self.catalogue.blob_path(sha).is_file()))
+        require_space(self.root, sum(size for p, sha, size in hashed if not self.catalogue.blob_path(sha).is_file()))
         stored: list[tuple[str, str, int]] = []
         sources: list[tuple[str, str, Path]] = []
         for p, sha, size in hashed:
@@ -239,7 +231,9 @@ class Library:
                 from adapterstudio.ml.model_meta import loaded_module_shapes
 
                 loaded = loaded_module_shapes(base.path)
-            except Exception:  # noqa: BLE001 - no torch, remote code...: keep the header verdict
+            except Exception as exc:  # noqa: BLE001  (no torch, remote code...: the header verdict stands; logged)
+                log.warning("the module names of %s as loaded could not be learnt (%s: %s); the compatibility check "
+                            "goes by the checkpoint's names only", base_name, type(exc).__name__, exc)
                 return report
             merged = {**loaded, **shapes, _LOADED_NAMES_MARK: []}
             self.catalogue.update_base(base_name, module_shapes=merged)
@@ -268,12 +262,7 @@ class Library:
     def export_adapter(self, name: str, dest: str | os.PathLike[str], ctx: TaskContext = NULL_CONTEXT) -> Path:
         """Copy an adapter's files to *dest* (created; must be empty if it exists), byte-identical."""
         a = self.catalogue.get_adapter(name)
-        out = Path(dest).expanduser().resolve()
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise InvalidInput(f"{out} already exists and is not an empty folder; export into a new folder.")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _require_space(out.parent, sum(f.size for f in a.files))
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        out, tmp = new_output_folder(dest, needed=sum(f.size for f in a.files))
         try:
             total = sum(f.size for f in a.files)
             done = 0
@@ -287,10 +276,7 @@ class Library:
                 os.chmod(dst, 0o644)
                 done += f.size
                 ctx.progress(done, total, f"exporting {f.relpath}")
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-            fsync_dir(out.parent)
+            publish_folder(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

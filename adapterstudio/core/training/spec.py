@@ -17,13 +17,13 @@ from adapterstudio.core.errors import InvalidInput
 from adapterstudio.core.metrics import HIGHER_IS_BETTER as HIGHER_IS_BETTER
 from adapterstudio.core.metrics import METRIC_LABELS as METRIC_LABELS
 from adapterstudio.core.metrics import METRICS
+from adapterstudio.core.settings import PRECISIONS
 
 SPEC_VERSION = 1
 
 TASKS = ("seq-cls", "regression", "causal-lm", "token-cls", "image-cls")
 # The transfer-learning playbook, in order: baseline first, full fine-tune last.
 STRATEGIES = ("head", "partial", "lora", "dora", "ia3", "loha", "lokr", "full")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 QUANTIZE = ("none", "4bit", "8bit")
 RECIPES = ("auto", "fixed")

@@ -12,9 +12,7 @@ scalings (rsLoRA, alpha/rank patterns) are folded into lora_b.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import torch
 
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import InvalidInput
-from adapterstudio.core.fsutil import atomic_write_text, fsync_dir
+from adapterstudio.core.fsutil import atomic_write_text, new_output_folder, publish_folder
 from adapterstudio.core.peft_format import TASK_CLASSES
 from adapterstudio.ml.inference.adapters import describe_adapter
 from adapterstudio.ml.inference.devices import resolve_dtype
@@ -40,22 +38,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.txt", "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja")
 
 
-def _new_out_dir(dest: Path) -> tuple[Path, Path]:
-    out = Path(dest).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidInput(f"{out} already exists and is not an empty folder; export into a new folder.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    return out, tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-
-
 def merge_to_folder(base_path: str | Path, adapters: list[tuple[str, str | Path, float]], dest: str | Path, *,
                     task: str | None, num_labels: int | None = None, labels: list[str] | None = None,
                     chat_template: str | None = None, dtype: str = "auto",
@@ -65,7 +47,7 @@ def merge_to_folder(base_path: str | Path, adapters: list[tuple[str, str | Path,
     from peft import PeftModel
 
     base_path = Path(base_path)
-    out, tmp = _new_out_dir(Path(dest))
+    out, tmp = new_output_folder(dest)
     try:
         entries = [describe_adapter(n, p) for n, p, _ in adapters]
         if len(entries) > 1 or any(w != 1.0 for _, _, w in adapters):
@@ -125,7 +107,7 @@ def merge_to_folder(base_path: str | Path, adapters: list[tuple[str, str | Path,
             atomic_write_text(tmp / "chat_template.jinja", chat_template)
         atomic_write_text(tmp / "adapterstudio_merge.json", json.dumps(
             {"base": str(base_path), "adapters": [{"name": n, "weight": w} for n, _, w in adapters]}, indent=2) + "\n")
-        _publish(tmp, out)
+        publish_folder(tmp, out)
         ctx.progress(4, 4, "done")
         return out
     except BaseException:
@@ -176,7 +158,7 @@ def lora_to_gguf(adapter_path: Path, base_path: Path, dest: Path, *, adapter_nam
              "f16": (np.float16, gguf.GGMLQuantizationType.F16)}.get(outtype)
     if qtype is None:
         raise InvalidInput(f"GGUF outtype must be f32 or f16, not {outtype!r}.")
-    out, tmp = _new_out_dir(Path(dest))
+    out, tmp = new_output_folder(dest)
     try:
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in adapter_name) or "adapter"
         gguf_path = tmp / f"{safe}.gguf"
@@ -223,7 +205,7 @@ def lora_to_gguf(adapter_path: Path, base_path: Path, dest: Path, *, adapter_nam
             lines.append("# The adapter was trained with this Jinja chat template (Ollama uses Go templates):")
             lines += ["# " + ln for ln in chat_template.splitlines()]
         atomic_write_text(tmp / "Modelfile", "\n".join(lines) + "\n")
-        _publish(tmp, out)
+        publish_folder(tmp, out)
         ctx.progress(len(mods), len(mods), "done")
         return {"gguf": str(out / gguf_path.name), "modelfile": str(out / "Modelfile"), "architecture": arch,
                 "tensors": names, "alpha": alpha, "rank": e.rank}

@@ -12,7 +12,8 @@ def evaluate_folder(base_path: str, adapter_path: str | None, lineage: dict[str,
                     ctx: TaskContext = NULL_CONTEXT, *, batch_size: int = 32) -> dict[str, Any]:
     import torch
 
-    from adapterstudio.core.training.data import load_table, normalise
+    from adapterstudio.core.training.data import normalise
+    from adapterstudio.core.training.loaders import load_table
     from adapterstudio.core.training.spec import TrainingSpec
     from adapterstudio.ml.training.encoding import collate, encode, example_tokens, load_tokenizer
     from adapterstudio.ml.training.metrics import evaluate_model

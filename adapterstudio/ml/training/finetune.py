@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from adapterstudio.core import events as run_events
-from adapterstudio.core.runs import EXIT_CANCELLED, latest_checkpoint
+from adapterstudio.core.runs import EXIT_CANCELLED, RESULT_FILE, STOP_FILE, latest_checkpoint
 from adapterstudio.ml.training import faults
 from adapterstudio.ml.training.baseline import baseline_comparison, run_baseline
 from adapterstudio.ml.training.batching import (accumulate_gradients, class_weighted_loss, eval_batches,
@@ -176,7 +176,7 @@ class FineTuneRecipe:
         self.t0 = time.time()
         self.cpu0 = time.process_time()
         self.progress["elapsed_base"] = self.progress.get("elapsed", 0.0)
-        self.stop_file = self.run_dir / "stop"
+        self.stop_file = self.run_dir / STOP_FILE
         self.supervisor = int(os.environ.get("ADAPTERSTUDIO_SUPERVISOR_PID", "0") or 0)
         faults.install(self)  # nothing unless a test asks for a fault (see faults.py)
 
@@ -471,7 +471,7 @@ class FineTuneRecipe:
             # --no-baseline: not reported
             **baseline_comparison(spec, self.baseline if spec.baseline else None, final_val, test),
         }
-        out_name = "result.json" if self.final else "selection.json"
+        out_name = RESULT_FILE if self.final else "selection.json"
         if acc.is_main_process:
             tmp = run_dir / (out_name + ".tmp")
             tmp.write_text(json.dumps(result, indent=2, default=run_events.jsonable), encoding="utf-8")

@@ -11,7 +11,7 @@ and inference hot-swaps:
 - ``lora``/``dora`` (rsLoRA option), ``ia3``, ``loha``, ``lokr``: PEFT adapters; a new
   classification head is always in ``modules_to_save``.
 - ``full``: every weight trains; the result is a whole model folder (the catalogue
-  registers it as a new base with its lineage, see services/training.py).
+  registers it as a new base with its lineage, see services/results.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapterstudio.core.errors import Incompatible, InvalidInput
+from adapterstudio.core.peft_format import LINEAGE_TASKS
 
 
 def auto_class(task: str) -> Any:
@@ -102,7 +103,9 @@ def layer_stack(model: Any) -> tuple[str, int]:
 
 
 def peft_task_type(task: str) -> str | None:
-    return {"seq-cls": "SEQ_CLS", "regression": "SEQ_CLS", "token-cls": "TOKEN_CLS", "causal-lm": "CAUSAL_LM"}.get(task)
+    """PEFT's task type for *task*; None for image classification, which PEFT has no task type for (its head is
+    kept trainable through modules_to_save instead)."""
+    return None if task == "image-cls" else LINEAGE_TASKS.get(task)
 
 
 def apply_strategy(model: Any, spec: Any) -> tuple[Any, dict[str, Any]]:

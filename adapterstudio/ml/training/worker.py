@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterstudio.core import events as run_events
-from adapterstudio.core.runs import EXIT_OOM
+from adapterstudio.core.runs import EXIT_OOM, JOB_FILE, RESULT_FILE
 from adapterstudio.ml.training.baseline import baseline_comparison
 from adapterstudio.ml.training.finetune import FineTuneRecipe
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from adapterstudio.core.training.spec import TrainingSpec
 
     spec = TrainingSpec.from_yaml(run_dir / "spec.yaml")
-    job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+    job = json.loads((run_dir / JOB_FILE).read_text(encoding="utf-8"))
     rank = int(os.environ.get("RANK", "0"))
     events = Events(run_dir, enabled=rank == 0)
     try:
@@ -107,14 +107,14 @@ def refit(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
     sub_spec = spec.replace(refit=False, max_steps=steps, eval_every=0, early_stopping_patience=0, baseline=False,
                             head_init="random" if spec.head_init == "probe" else spec.head_init)
     sub_spec.save(sub / "spec.yaml")
-    atomic_write_text(sub / "job.json", json.dumps(job))
+    atomic_write_text(sub / JOB_FILE, json.dumps(job))
     events("refit", steps=steps, train_examples=len(data.train) + len(data.validation),
            selected_step=selection.get("best_step"))
     # the same recipe over RUN_DIR/refit; its events go to the run's one stream: the app follows the progress
     rc = FineTuneRecipe(sub_spec, job, sub, events).run()
     if rc != 0:
         return rc
-    final = json.loads((sub / "result.json").read_text(encoding="utf-8"))
+    final = json.loads((sub / RESULT_FILE).read_text(encoding="utf-8"))
     result = {**selection, "refit": {"steps": final["steps"], "train_examples": final["train_examples"],
                                      "test": final.get("test", {}), "duration_s": final.get("duration_s")},
               "test": final.get("test", {}), "steps": selection["steps"] + final["steps"],
@@ -129,7 +129,7 @@ def refit(spec: Any, job: dict[str, Any], run_dir: Path, events: Events) -> int:
         spec.save(tmp / "training_spec.yaml")
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
-        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2, default=run_events.jsonable))
+        atomic_write_text(run_dir / RESULT_FILE, json.dumps(result, indent=2, default=run_events.jsonable))
     events("done", **result)
     return 0
 

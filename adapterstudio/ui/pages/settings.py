@@ -11,13 +11,12 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, 
                                QLabel, QLineEdit, QPushButton, QScrollArea, QSpinBox, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
+from adapterstudio.core.settings import PRECISIONS, THEMES
 from adapterstudio.ui import tasks
 from adapterstudio.ui.session import Session
 from adapterstudio.ui.widgets import muted, primary, title_label
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-THEMES = ("system", "light", "dark")
 
 
 def plugin_statuses(ctx=None, lib=None) -> list[dict] | None:

@@ -125,7 +125,7 @@ class RunsModel(RowTableModel):
         vals = [h.get(f"eval_{metric}") for h in hist if isinstance(h.get(f"eval_{metric}"), (int, float))]
         if vals:
             best = f"{metric} {best_value(metric, vals):.3f}"
-        return (r.name, r.shown_status, r.base or spec.get("base", "–"), spec.get("strategy", "–"), prog, best,
+        return (r.name, r.status_text, r.base or spec.get("base", "–"), spec.get("strategy", "–"), prog, best,
                 human_time(r.started_at or r.created_at))
 
     def set_progress(self, run_id: str, done: int, total: int) -> None:
@@ -334,7 +334,7 @@ class JobsPanel(QWidget):
                                f"{last.get('samples_per_s', 0):.1f} samples/s{left}")
         else:
             self.progress.setValue(0)
-            self.speed.setText(r.shown_status)
+            self.speed.setText(r.status_text)
         self._update_buttons()
 
     def _show_baseline(self, r: RunRecord) -> None:

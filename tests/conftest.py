@@ -1,6 +1,11 @@
-"""Shared fixtures: an isolated library per test, the real MiniLM model, PEFT adapters.
+"""Shared fixtures: an isolated library per test, the real MiniLM model, PEFT adapters, the CLI.
 
 Tests never touch the network: HF_HUB_OFFLINE is set, and the Hub is a loopback server.
+
+The CLI is tested in this process with ``cli_main`` (``adapterstudio.cli.main(argv)``, output captured,
+exit code returned): seconds faster per command than a new interpreter importing torch. ``cli`` runs
+the real ``python -m adapterstudio`` in a subprocess; each CLI area keeps one such end-to-end test,
+marked ``slow``, which proves the entry point, exit codes and output streams.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli_runner import run_cli_main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -42,7 +49,28 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("ADAPTERSTUDIO_CONFIG", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    point_huggingface_hub_at(monkeypatch, tmp_path / "hf-home")
     return h
+
+
+def point_huggingface_hub_at(monkeypatch, hf_home: Path) -> None:
+    """Give this test its own huggingface_hub token store and cache, as $HF_HOME gives a subprocess.
+
+    huggingface_hub reads HF_HOME once, when it is first imported: without this, every later test in
+    the session would log in to, and download into, the HF_HOME of the test that imported it first.
+    Not imported yet: nothing to do, it will read this test's $HF_HOME.
+    """
+    hfc = sys.modules.get("huggingface_hub.constants")
+    if hfc is None:
+        return
+    home = str(hf_home)
+    for name, value in {
+        "HF_HOME": home,
+        "HF_HUB_CACHE": os.path.join(home, "hub"), "HUGGINGFACE_HUB_CACHE": os.path.join(home, "hub"),
+        "HF_ASSETS_CACHE": os.path.join(home, "assets"), "HUGGINGFACE_ASSETS_CACHE": os.path.join(home, "assets"),
+        "HF_TOKEN_PATH": os.path.join(home, "token"), "HF_STORED_TOKENS_PATH": os.path.join(home, "stored_tokens"),
+    }.items():
+        monkeypatch.setattr(hfc, name, value)
 
 
 @pytest.fixture
@@ -78,4 +106,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
 
 @pytest.fixture
 def cli():
+    """The real command in a subprocess (seconds each): for the one end-to-end test per CLI area; else cli_main."""
     return run_cli
+
+
+@pytest.fixture
+def cli_main():
+    """The command in this process (tests/cli_runner.py); called like ``cli``, without its timeout."""
+    return run_cli_main

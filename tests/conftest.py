@@ -28,6 +28,12 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 REPO = Path(__file__).resolve().parent.parent
 
 
+# seconds for a `slow` test without its own timeout marker; pyproject.toml's `timeout` (120) is for the quick
+# tests. Above the subprocess timeouts the slow tests allow themselves (training 600 s, then eval 300 s), so
+# those, with their clearer messages, fire first.
+SLOW_TIMEOUT = 1200
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -39,6 +45,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+        _set_timeout(item)
+
+
+def _set_timeout(item) -> None:
+    """pytest-timeout's limit for *item*: its own timeout marker, else SLOW_TIMEOUT for a slow test, else
+    the ini default. GUI tests are timed on a thread: SIGALRM's handler would only run when Qt's event
+    loop next calls into Python, and its exception would end there, not in the test (the thread method
+    dumps every thread's stack and ends the run)."""
+    own = item.get_closest_marker("timeout")
+    seconds = method = None
+    if own is not None:
+        seconds = own.kwargs.get("timeout", own.args[0] if own.args else None)
+        method = own.kwargs.get("method", own.args[1] if len(own.args) > 1 else None)
+    if seconds is None and "slow" in item.keywords:
+        seconds = SLOW_TIMEOUT
+    if method is None and ("gui" in item.keywords or "qtbot" in getattr(item, "fixturenames", ())):
+        method = "thread"
+    if seconds is not None or method is not None:
+        item.add_marker(pytest.mark.timeout(timeout=seconds, method=method), append=False)
 
 
 @pytest.fixture

@@ -122,6 +122,25 @@ def peft_adapters(tmp_path_factory, minilm_path) -> dict[str, Path]:
     return save_minilm_adapters(tmp_path_factory.mktemp("peft-adapters"), minilm_path)
 
 
+@pytest.fixture(scope="session")
+def mini_adapters(tmp_path_factory, minilm_path) -> dict[str, Path]:
+    """MiniLM classifier adapters with perturbed weights (lora-a, lora-b, lora-c, ia3); read-only, shared."""
+    from tests.inference_helpers import minilm_adapters
+
+    return minilm_adapters(tmp_path_factory.mktemp("mini-adapters"), minilm_path)
+
+
+@pytest.fixture(scope="session")
+def llama_files(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    """A tiny llama with a byte-level tokenizer and its perturbed adapters (chat-a, chat-b, chat-ia3):
+    (base folder, {name: adapter folder}); read-only, shared."""
+    from tests.inference_helpers import llama_adapters, tiny_llama
+
+    root = tmp_path_factory.mktemp("llama")
+    base = tiny_llama(root / "base")
+    return base, llama_adapters(root / "adapters", base)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, input: str | None = None):
     """Run the real ``adapterstudio`` command in a subprocess."""
     full_env = {**os.environ, **(env or {})}

@@ -21,15 +21,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from adapterstudio.core.errors import Incompatible, InvalidInput  # noqa: E402
-from tests.inference_helpers import llama_adapters, minilm_adapters, tiny_llama  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, minilm_path):
-    root = tmp_path_factory.mktemp("inf-cli")
-    base = tiny_llama(root / "tiny")
-    return {"tiny": base, "llama": llama_adapters(root / "llad", base),
-            "mini": minilm_adapters(root / "mini", minilm_path)}
+@pytest.fixture
+def built(llama_files, mini_adapters):
+    base, adapters = llama_files
+    return {"tiny": base, "llama": adapters, "mini": mini_adapters}
 
 
 @pytest.fixture

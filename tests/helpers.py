@@ -27,6 +27,8 @@ def save_minilm_adapters(out: Path, minilm_path: Path) -> dict[str, Path]:
         d = out / f"minilm-{name}"
         model.save_pretrained(str(d))
         paths[name] = d
+        if len(paths) == len(configs):
+            break  # the last adapter: no base to load for a next one
         base = model.unload() if hasattr(model, "unload") and name not in ("prompt",) else \
             AutoModelForSequenceClassification.from_pretrained(str(minilm_path), num_labels=2)
     return paths

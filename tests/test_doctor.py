@@ -1,13 +1,16 @@
-"""`adapterstudio doctor`: real checks of this machine and library, with advice."""
+"""`adapterstudio doctor`: real checks of this machine and library, with advice.
+
+The command runs in this process (``cli_main``); the wheel check in .ci/run and the library's
+end-to-end test run the real command."""
 
 from __future__ import annotations
 
 import json
 
 
-def test_doctor_reports_every_area(cli, home, minilm_path):
-    assert cli("base", "add", str(minilm_path), "--no-hash").returncode == 0
-    r = cli("doctor", "--json")
+def test_doctor_reports_every_area(cli_main, home, minilm_path):
+    assert cli_main("base", "add", str(minilm_path), "--no-hash").returncode == 0
+    r = cli_main("doctor", "--json")
     assert r.returncode in (0, 1), r.stderr
     data = json.loads(r.stdout)
     names = {c["name"] for c in data["checks"]}
@@ -19,24 +22,24 @@ def test_doctor_reports_every_area(cli, home, minilm_path):
             assert c["advice"], c  # every problem comes with advice
 
 
-def test_doctor_flags_a_broken_settings_file_and_a_damaged_catalogue(cli, home):
+def test_doctor_flags_a_broken_settings_file_and_a_damaged_catalogue(cli_main, home):
     home.mkdir(parents=True)
     (home / "settings.json").write_text("{broken")
-    r = cli("doctor", "--no-torch", "--json")
+    r = cli_main("doctor", "--no-torch", "--json")
     assert r.returncode == 1
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     assert checks["settings"]["status"] == "error" and "settings.json" in checks["settings"]["detail"]
     (home / "settings.json").unlink()
     (home / "catalogue.db").write_bytes(b"this is not a database" * 100)
-    r = cli("doctor", "--no-torch", "--json")
+    r = cli_main("doctor", "--no-torch", "--json")
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     assert r.returncode == 1 and checks["catalogue"]["status"] == "error"
     assert "catalogue.db" in checks["catalogue"]["detail"]
 
 
-def test_token_never_printed(cli, home, monkeypatch):
+def test_token_never_printed(cli_main, home, monkeypatch):
     secret = "hf_SECRETSECRETSECRET1234"
-    r = cli("doctor", "--no-torch", env={"HF_TOKEN": secret})
+    r = cli_main("doctor", "--no-torch", env={"HF_TOKEN": secret})
     assert secret not in r.stdout + r.stderr and "token configured" in r.stdout
 
 

@@ -1,5 +1,8 @@
-"""End to end: the real CLI in a subprocess drives the unmodified huggingface_hub client
-against the loopback Hub (tests/hubserver.py): login, push, search, pull, faults."""
+"""The hub commands drive the unmodified huggingface_hub client against the loopback Hub
+(tests/hubserver.py): login, push, search, pull, faults.
+
+The commands run in this process (``cli_main``, with the environment a subprocess would get);
+the round trip runs once more through the real command in subprocesses (marked slow)."""
 
 from __future__ import annotations
 
@@ -22,7 +25,11 @@ def catalogue(lib, minilm_path, peft_adapters):
 
 
 def run(cli, server, tmp_path, *args, token=TOKEN, input=None):
-    res = cli(*args, env=hub_env(server, tmp_path, token=token), input=input)
+    """A hub command with the environment hub_env gives it; *cli* is cli_main or the subprocess cli."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    with disable_progress_bars():  # what HF_HUB_DISABLE_PROGRESS_BARS does for a subprocess: read only at import
+        res = cli(*args, env=hub_env(server, tmp_path, token=token), input=input)
     for secret in (TOKEN, "hf_wrongTOKEN"):
         assert secret not in res.stdout and secret not in res.stderr, "a token was printed"
     return res
@@ -42,7 +49,19 @@ def no_token_in_files(*roots: Path) -> None:
                 assert TOKEN.encode() not in p.read_bytes(), f"token written to {p}"
 
 
-def test_login_push_search_pull_round_trip(cli, catalogue, hub, tmp_path):
+def test_login_push_search_pull_round_trip(cli_main, catalogue, hub, tmp_path):
+    _round_trip(cli_main, catalogue, hub, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hub", ["lfs"], indirect=True)
+def test_the_real_command_round_trip(cli, catalogue, hub, tmp_path):
+    """The same round trip through ``python -m adapterstudio`` subprocesses: the token read from the
+    real stdin, exit codes, JSON on stdout, a one-line error on stderr."""
+    _round_trip(cli, catalogue, hub, tmp_path)
+
+
+def _round_trip(cli, catalogue, hub, tmp_path):
     lib = catalogue
     # login: the token goes to huggingface_hub's store under HF_HOME, never to the output
     res = run(cli, hub, tmp_path, "hub", "login", "--token-stdin", "--json", token=None, input=TOKEN + "\n")
@@ -98,80 +117,79 @@ def test_login_push_search_pull_round_trip(cli, catalogue, hub, tmp_path):
     # logout forgets the stored token
     ok_json(run(cli, hub, tmp_path, "hub", "logout", "--json", token=None))
     res = run(cli, hub, tmp_path, "hub", "whoami", token=None)
-    assert res.returncode == 1 and "Not logged in" in res.stderr
+    assert res.returncode == 1 and "Not logged in" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     no_token_in_files(lib.root, tmp_path / "hf-home")
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_a_wrong_token_is_reported_in_one_sentence(cli, lib, hub, tmp_path):
+def test_a_wrong_token_is_reported_in_one_sentence(cli_main, lib, hub, tmp_path):
     wrong = "hf_wrongTOKEN_123456"
-    res = run(cli, hub, tmp_path, "hub", "whoami", token=wrong)
+    res = run(cli_main, hub, tmp_path, "hub", "whoami", token=wrong)
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "rejected the token (401 Unauthorized)" in lines[0]
-    res = run(cli, hub, tmp_path, "hub", "login", "--token-stdin", token=None, input=wrong + "\n")
+    res = run(cli_main, hub, tmp_path, "hub", "login", "--token-stdin", token=None, input=wrong + "\n")
     assert res.returncode == 1 and "rejected the token" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "hf-home" / "token").exists()
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_push_refuses_a_base_without_hub_id(cli, lib, minilm_path, peft_adapters, hub, tmp_path):
+def test_push_refuses_a_base_without_hub_id(cli_main, lib, minilm_path, peft_adapters, hub, tmp_path):
     lib.add_base(minilm_path, name="minilm", compute_hash=False)  # no --hub-id
     lib.import_adapter(peft_adapters["lora"], "sent-lora", base="minilm")
-    res = run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/x")
+    res = run(cli_main, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/x")
     assert res.returncode == 1
     assert "--base-model" in res.stderr and "--hub-id" in res.stderr and "base add" in res.stderr
     assert hub.repo(f"{USER}/x") is None
-    res = run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/x", "--base-model", "/tmp/minilm")
+    res = run(cli_main, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/x", "--base-model", "/tmp/minilm")
     assert res.returncode == 1 and "Hub model id" in res.stderr
-    res = run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/x", "--base-model", BASE_ID, "--json")
+    res = run(cli_main, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/x", "--base-model", BASE_ID, "--json")
     assert ok_json(res)["base_model"] == BASE_ID
     assert f"base_model: {BASE_ID}" in hub.repo(f"{USER}/x").head.files["README.md"].data.decode()
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_dropped_downloads_leave_nothing_imported_then_resume(cli, catalogue, hub, tmp_path):
-    ok_json(run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/flaky", "--json"))
+def test_dropped_downloads_leave_nothing_imported_then_resume(cli_main, catalogue, hub, tmp_path):
+    ok_json(run(cli_main, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/flaky", "--json"))
     hub.faults.drop_download = 100  # every attempt breaks off half-way (more than the client's retries)
-    res = run(cli, hub, tmp_path, "hub", "pull", f"{USER}/flaky", "--name", "flaky")
+    res = run(cli_main, hub, tmp_path, "hub", "pull", f"{USER}/flaky", "--name", "flaky")
     assert res.returncode == 1
     assert "connection failed" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert catalogue.catalogue.find_adapter("flaky") is None
     assert catalogue.catalogue.check()["ok"]
     hub.faults.drop_download = 0
-    pulled = ok_json(run(cli, hub, tmp_path, "hub", "pull", f"{USER}/flaky", "--name", "flaky", "--json"))
+    pulled = ok_json(run(cli_main, hub, tmp_path, "hub", "pull", f"{USER}/flaky", "--name", "flaky", "--json"))
     assert pulled["adapter"] == "flaky"
     a, b = catalogue.catalogue.get_adapter("sent-lora"), catalogue.catalogue.get_adapter("flaky")
     assert (Path(a.path) / "adapter_model.safetensors").read_bytes() == (Path(b.path) / "adapter_model.safetensors").read_bytes()
 
 
-def _dropped_upload_publishes_nothing(cli, hub, tmp_path):
+def _dropped_upload_publishes_nothing(cli_main, hub, tmp_path):
     hub.faults.drop_upload = 100  # every upload request breaks off half-way
-    res = run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/dropped")
+    res = run(cli_main, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/dropped")
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert res.stderr.startswith("error: Could not upload to alice/dropped") and "connection failed" in res.stderr
     repo = hub.repo(f"{USER}/dropped")
     assert repo is None or "adapter_model.safetensors" not in repo.head.files
     hub.faults.drop_upload = 0
-    ok_json(run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/dropped", "--json"))
+    ok_json(run(cli_main, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/dropped", "--json"))
     assert "adapter_model.safetensors" in hub.repo(f"{USER}/dropped").head.files
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_a_dropped_upload_publishes_nothing(cli, catalogue, hub, tmp_path):
-    _dropped_upload_publishes_nothing(cli, hub, tmp_path)
-
-
-@pytest.mark.slow  # huggingface_hub backs off for ~25 s before giving up on an LFS upload
-@pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_a_dropped_lfs_upload_publishes_nothing(cli, catalogue, hub, tmp_path):
-    _dropped_upload_publishes_nothing(cli, hub, tmp_path)
+def test_a_dropped_upload_publishes_nothing(cli_main, catalogue, hub, tmp_path):
+    _dropped_upload_publishes_nothing(cli_main, hub, tmp_path)
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_a_dropped_lfs_upload_is_retried_and_arrives_intact(cli, catalogue, hub, tmp_path):
+def test_a_dropped_lfs_upload_publishes_nothing(cli_main, catalogue, hub, tmp_path):
+    _dropped_upload_publishes_nothing(cli_main, hub, tmp_path)
+
+
+@pytest.mark.parametrize("hub", ["lfs"], indirect=True)
+def test_a_dropped_lfs_upload_is_retried_and_arrives_intact(cli_main, catalogue, hub, tmp_path):
     hub.faults.drop_upload = 1
-    ok_json(run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/retried", "--json"))
+    ok_json(run(cli_main, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/retried", "--json"))
     puts = [r for r in hub.requests if r["method"] == "PUT"]
     assert puts[0]["status"] == 0 and puts[-1]["status"] == 200  # the first broke off, the retry landed
     sent = Path(catalogue.catalogue.get_adapter("sent-lora").path) / "adapter_model.safetensors"
@@ -179,7 +197,7 @@ def test_a_dropped_lfs_upload_is_retried_and_arrives_intact(cli, catalogue, hub,
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_pull_refuses_pickle_and_incompatible_adapters_without_importing(cli, catalogue, hub, tmp_path):
+def test_pull_refuses_pickle_and_incompatible_adapters_without_importing(cli_main, catalogue, hub, tmp_path):
     from adapterstudio.api import ProviderConfig
     from adapterstudio.api.registry import load_provider
     from adapterstudio.api.testing import write_adapter_folder
@@ -188,16 +206,16 @@ def test_pull_refuses_pickle_and_incompatible_adapters_without_importing(cli, ca
     p.push(write_adapter_folder(tmp_path / "pk", base_model=BASE_ID, pickle_only=True), f"{USER}/pickled")
     p.push(write_adapter_folder(tmp_path / "wrong", base_model=BASE_ID), f"{USER}/misfit")
     before = [a.name for a in catalogue.list_adapters()]
-    res = run(cli, hub, tmp_path, "hub", "pull", f"{USER}/pickled")
+    res = run(cli_main, hub, tmp_path, "hub", "pull", f"{USER}/pickled")
     assert res.returncode == 1 and "pickle" in res.stderr and "--allow-pickle" in res.stderr
-    res = run(cli, hub, tmp_path, "hub", "pull", f"{USER}/misfit")
+    res = run(cli_main, hub, tmp_path, "hub", "pull", f"{USER}/misfit")
     assert res.returncode == 1 and "does not fit base model 'minilm'" in res.stderr, res.stderr
     assert [a.name for a in catalogue.list_adapters()] == before
     assert not [q for q in (catalogue.root / "downloads").rglob("*") if q.is_file()]
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_pull_without_the_base_says_how_to_add_it(cli, lib, peft_adapters, hub, tmp_path):
+def test_pull_without_the_base_says_how_to_add_it(cli_main, lib, peft_adapters, hub, tmp_path):
     from adapterstudio.api import ProviderConfig
     from adapterstudio.api.registry import load_provider
 
@@ -207,55 +225,53 @@ def test_pull_without_the_base_says_how_to_add_it(cli, lib, peft_adapters, hub, 
     shutil.copytree(peft_adapters["lora"], src)
     (src / "README.md").write_text(f"---\nlibrary_name: peft\nbase_model: {BASE_ID}\n---\n")
     load_provider("huggingface", ProviderConfig(endpoint=hub.url, token=TOKEN)).push(src, f"{USER}/orphan")
-    res = run(cli, hub, tmp_path, "hub", "pull", f"{USER}/orphan")
+    res = run(cli_main, hub, tmp_path, "hub", "pull", f"{USER}/orphan")
     assert res.returncode == 0, res.stderr
     assert f"adapterstudio base add {BASE_ID}" in res.stdout
     assert lib.catalogue.get_adapter("orphan").base is None
 
 
-def test_a_broken_provider_plugin_is_listed_with_its_error(cli, lib, tmp_path):
+def test_a_broken_provider_plugin_is_listed_with_its_error(cli_main, lib, tmp_path, monkeypatch):
     site = tmp_path / "site"
     dist = site / "broken_hub_plugin-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-hub-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[adapterstudio.hub_providers]\nbroken = broken_hub_plugin_missing:make_provider\n")
-    import os
-
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", ""), str(Path(__file__).parent.parent)])}
-    res = cli("hub", "providers", "--json", env=env)
+    monkeypatch.syspath_prepend(str(site))  # installed, as far as importlib.metadata can tell
+    res = cli_main("hub", "providers", "--json")
     assert res.returncode == 0, res.stderr
     entries = {e["name"]: e for e in json.loads(res.stdout)}
     assert entries["broken"]["ok"] is False and "broken_hub_plugin_missing" in entries["broken"]["error"]
     assert entries["huggingface"]["ok"] and entries["folder"]["ok"]
-    res = cli("hub", "search", "x", "--provider", "broken", env=env)
+    res = cli_main("hub", "search", "x", "--provider", "broken")
     assert res.returncode == 1 and "is broken" in res.stderr
-    res = cli("hub", "providers", env=env)
+    res = cli_main("hub", "providers")
     assert "broken: ModuleNotFoundError" in res.stdout
 
 
-def test_folder_provider_through_the_cli(cli, catalogue, tmp_path):
+def test_folder_provider_through_the_cli(cli_main, catalogue, tmp_path):
     nas = tmp_path / "nas"
     nas.mkdir()
     env = {"ADAPTERSTUDIO_SHARED_FOLDER": str(nas)}
-    res = cli("hub", "push", "sent-lora", "--repo", "team/sent-lora", "--provider", "folder", "--json", env=env)
+    res = cli_main("hub", "push", "sent-lora", "--repo", "team/sent-lora", "--provider", "folder", "--json", env=env)
     assert res.returncode == 0, res.stderr
-    res = cli("hub", "search", "--base", "minilm", "--provider", "folder", "--json", env=env)
+    res = cli_main("hub", "search", "--base", "minilm", "--provider", "folder", "--json", env=env)
     assert [h["id"] for h in json.loads(res.stdout)] == ["team/sent-lora"]
-    res = cli("hub", "pull", "team/sent-lora", "--name", "from-nas", "--provider", "folder", "--json", env=env)
+    res = cli_main("hub", "pull", "team/sent-lora", "--name", "from-nas", "--provider", "folder", "--json", env=env)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["base"] == "minilm"
     a, b = catalogue.catalogue.get_adapter("sent-lora"), catalogue.catalogue.get_adapter("from-nas")
     assert (Path(a.path) / "adapter_model.safetensors").read_bytes() == (Path(b.path) / "adapter_model.safetensors").read_bytes()
     assert b.source == "hub:folder"
-    res = cli("hub", "delete", "team/sent-lora", "--provider", "folder", env=env)
+    res = cli_main("hub", "delete", "team/sent-lora", "--provider", "folder", env=env)
     assert res.returncode == 1 and "--yes" in res.stderr
-    assert cli("hub", "delete", "team/sent-lora", "--provider", "folder", "--yes", env=env).returncode == 0
-    res = cli("hub", "show", "team/sent-lora", "--provider", "folder", env=env)
+    assert cli_main("hub", "delete", "team/sent-lora", "--provider", "folder", "--yes", env=env).returncode == 0
+    res = cli_main("hub", "show", "team/sent-lora", "--provider", "folder", env=env)
     assert res.returncode == 1 and "no adapter 'team/sent-lora'" in res.stderr
 
 
 @pytest.mark.parametrize("hub", ["lfs"], indirect=True)
-def test_base_fetch_downloads_a_base_registered_by_hub_id(cli, lib, hub, tmp_path):
+def test_base_fetch_downloads_a_base_registered_by_hub_id(cli_main, lib, hub, tmp_path):
     from huggingface_hub import HfApi
 
     from tests.helpers import tiny_model
@@ -267,7 +283,7 @@ def test_base_fetch_downloads_a_base_registered_by_hub_id(cli, lib, hub, tmp_pat
     api.upload_folder(folder_path=str(model), repo_id=f"{USER}/tiny-bert")
     lib.add_base(f"{USER}/tiny-bert", name="tiny-bert")
     assert lib.catalogue.get_base("tiny-bert").available is False
-    res = run(cli, hub, tmp_path, "base", "fetch", "tiny-bert", "--json")
+    res = run(cli_main, hub, tmp_path, "base", "fetch", "tiny-bert", "--json")
     rec = ok_json(res)
     assert rec["available"] and rec["architecture"] == "BertForSequenceClassification"
     assert rec["revision"] == hub.repo(f"{USER}/tiny-bert").head.sha
@@ -311,9 +327,9 @@ def test_a_pull_broken_off_resumes_on_the_next_run(lib, hub, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("hub", ["regular"], indirect=True)
-def test_a_card_the_hub_rejects_stops_the_push_before_upload(cli, catalogue, hub, tmp_path):
+def test_a_card_the_hub_rejects_stops_the_push_before_upload(cli_main, catalogue, hub, tmp_path):
     hub.state.card_rules = ['"license" is required by this hub']
-    res = run(cli, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/strict")
+    res = run(cli_main, hub, tmp_path, "hub", "push", "sent-lora", "--repo", f"{USER}/strict")
     assert res.returncode == 1 and "model card" in res.stderr and "license" in res.stderr
     assert hub.repo(f"{USER}/strict") is None
     assert not [r for r in hub.requests if r["path"].startswith("/api/repos/create")]

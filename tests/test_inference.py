@@ -9,21 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from adapterstudio.core.errors import Incompatible, InvalidInput  # noqa: E402
-from tests.inference_helpers import llama_adapters, minilm_adapters, tiny_llama  # noqa: E402
 
 TEXTS = ["a quiet walk by the river", "the printer jammed again", "numbers and letters 123"]
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory, minilm_path):
-    return minilm_adapters(tmp_path_factory.mktemp("mini-adapters"), minilm_path)
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llama")
-    base = tiny_llama(root / "base")
-    return base, llama_adapters(root / "adapters", base)
 
 
 def peft_logits(base_path: Path, adapter: Path, task: str, texts, num_labels: int = 2):
@@ -48,11 +35,11 @@ def session(base, task, **kw):
     return InferenceSession(base, task=task, device="cpu", dtype="fp32", **kw)
 
 
-def test_minilm_lora_and_ia3_match_plain_peft_across_switches(minilm_path, mini):
+def test_minilm_lora_and_ia3_match_plain_peft_across_switches(minilm_path, mini_adapters):
     s = session(minilm_path, "SEQ_CLS", num_labels=2, max_resident=2, max_host=1)
-    for name, path in mini.items():
+    for name, path in mini_adapters.items():
         s.add_adapter(name, path)
-    refs = {n: peft_logits(minilm_path, p, "SEQ_CLS", TEXTS) for n, p in mini.items()}
+    refs = {n: peft_logits(minilm_path, p, "SEQ_CLS", TEXTS) for n, p in mini_adapters.items()}
     base_out = None
     # switch back and forth through every tier (device, host, disk) and across PEFT types
     for name in ["lora-a", "lora-b", "lora-c", "ia3", "lora-a", "lora-b", "lora-a", "lora-c", "ia3", "lora-b"]:
@@ -68,20 +55,20 @@ def test_minilm_lora_and_ia3_match_plain_peft_across_switches(minilm_path, mini)
     assert len(info["resident"]) <= 2 and len(info["host"]) <= 1
 
 
-def test_rank_padding_in_shared_slots_is_exact(minilm_path, mini):
+def test_rank_padding_in_shared_slots_is_exact(minilm_path, mini_adapters):
     # lora-b (r=4) lands in a slot sized for r=8: zero padding must not change the result
     s = session(minilm_path, "SEQ_CLS", num_labels=2, max_resident=1, max_host=0)
-    s.add_adapter("lora-a", mini["lora-a"])
-    s.add_adapter("lora-b", mini["lora-b"])
+    s.add_adapter("lora-a", mini_adapters["lora-a"])
+    s.add_adapter("lora-b", mini_adapters["lora-b"])
     s.use("lora-a")
     s.use("lora-b")
     assert s.cache_info()["slots"] == 1
-    torch.testing.assert_close(s.logits(TEXTS), peft_logits(minilm_path, mini["lora-b"], "SEQ_CLS", TEXTS),
+    torch.testing.assert_close(s.logits(TEXTS), peft_logits(minilm_path, mini_adapters["lora-b"], "SEQ_CLS", TEXTS),
                                atol=1e-5, rtol=1e-4)
 
 
-def test_llama_lora_and_ia3_match_plain_peft(llama):
-    base, adapters = llama
+def test_llama_lora_and_ia3_match_plain_peft(llama_files):
+    base, adapters = llama_files
     s = session(base, "CAUSAL_LM", max_resident=2)
     for n, p in adapters.items():
         s.add_adapter(n, p)
@@ -91,10 +78,10 @@ def test_llama_lora_and_ia3_match_plain_peft(llama):
                                    atol=1e-5, rtol=1e-4)
 
 
-def test_disable_gives_the_base_model(llama):
+def test_disable_gives_the_base_model(llama_files):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base, adapters = llama
+    base, adapters = llama_files
     s = session(base, "CAUSAL_LM")
     s.add_adapter("chat-a", adapters["chat-a"])
     s.use("chat-a")
@@ -105,12 +92,12 @@ def test_disable_gives_the_base_model(llama):
     torch.testing.assert_close(s.logits(TEXTS), ref, atol=1e-5, rtol=1e-4)
 
 
-def test_blend_is_the_weighted_sum_and_weights_change_live(llama):
+def test_blend_is_the_weighted_sum_and_weights_change_live(llama_files):
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base, adapters = llama
+    base, adapters = llama_files
     tok = AutoTokenizer.from_pretrained(str(base))
     batch = tok(TEXTS, padding=True, return_tensors="pt")
 
@@ -142,10 +129,10 @@ def test_blend_is_the_weighted_sum_and_weights_change_live(llama):
         s.use_blend({"chat-a": 0.5, "chat-ia3": 0.5})
 
 
-def test_per_row_adapters_in_one_batch(minilm_path, mini):
+def test_per_row_adapters_in_one_batch(minilm_path, mini_adapters):
     s = session(minilm_path, "SEQ_CLS", num_labels=2, max_resident=3)
     for n in ("lora-a", "lora-b"):
-        s.add_adapter(n, mini[n])
+        s.add_adapter(n, mini_adapters[n])
     rows = ["lora-a", "lora-b", None]
     got = s.logits(TEXTS, adapter_names=rows)
     s.use("lora-a")
@@ -162,12 +149,12 @@ def test_per_row_adapters_in_one_batch(minilm_path, mini):
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in res)
 
 
-def test_cache_memory_stays_flat_while_cycling(minilm_path, mini):
+def test_cache_memory_stays_flat_while_cycling(minilm_path, mini_adapters):
     s = session(minilm_path, "SEQ_CLS", num_labels=2, max_resident=2, max_host=3)
     names = []
     for i in range(12):  # twelve catalogue names over three LoRA folders
         src = ["lora-a", "lora-b", "lora-c"][i % 3]
-        s.add_adapter(f"ad{i}", mini[src])
+        s.add_adapter(f"ad{i}", mini_adapters[src])
         names.append(f"ad{i}")
 
     def footprint():
@@ -188,26 +175,26 @@ def test_cache_memory_stays_flat_while_cycling(minilm_path, mini):
     assert len(info["resident"]) == 2 and len(info["host"]) == 3 and info["slots"] <= 2
 
 
-def test_classify_uses_lineage_labels(minilm_path, mini):
+def test_classify_uses_lineage_labels(minilm_path, mini_adapters):
     s = session(minilm_path, "SEQ_CLS", num_labels=2)
-    s.add_adapter("lora-a", mini["lora-a"], lineage={"labels": ["calm", "annoyed"], "task": "seq-cls"})
+    s.add_adapter("lora-a", mini_adapters["lora-a"], lineage={"labels": ["calm", "annoyed"], "task": "seq-cls"})
     s.use("lora-a")
     res = s.classify(TEXTS)
     assert all(r["label"] in ("calm", "annoyed") and set(r["probabilities"]) == {"calm", "annoyed"} for r in res)
 
 
-def test_task_mismatch_is_refused(minilm_path, llama):
-    _, adapters = llama
+def test_task_mismatch_is_refused(minilm_path, llama_files):
+    _, adapters = llama_files
     s = session(minilm_path, "SEQ_CLS", num_labels=2)
     with pytest.raises(Incompatible, match="CAUSAL_LM"):
         s.add_adapter("chat-a", adapters["chat-a"])
 
 
-def test_generation_matches_peft_streams_and_stops(llama):
+def test_generation_matches_peft_streams_and_stops(llama_files):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base, adapters = llama
+    base, adapters = llama_files
     s = session(base, "CAUSAL_LM")
     s.add_adapter("chat-a", adapters["chat-a"])
     s.use("chat-a")
@@ -232,8 +219,8 @@ def test_generation_matches_peft_streams_and_stops(llama):
     assert a == s.generate("hello", max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
 
 
-def test_chat_template_comes_from_the_adapter_lineage(llama):
-    base, adapters = llama
+def test_chat_template_comes_from_the_adapter_lineage(llama_files):
+    base, adapters = llama_files
     s = session(base, "CAUSAL_LM", max_resident=2)
     own = "{% for m in messages %}[[{{ m['content'] }}]]{% endfor %}"
     s.add_adapter("chat-a", adapters["chat-a"], lineage={"chat_template": own})
@@ -249,8 +236,8 @@ def test_chat_template_comes_from_the_adapter_lineage(llama):
         s.format_chat(msgs)
 
 
-def test_per_row_generation(llama):
-    base, adapters = llama
+def test_per_row_generation(llama_files):
+    base, adapters = llama_files
     s = session(base, "CAUSAL_LM", max_resident=2)
     s.add_adapter("chat-a", adapters["chat-a"])
     s.add_adapter("chat-b", adapters["chat-b"])
@@ -265,10 +252,10 @@ def test_per_row_generation(llama):
     assert len(outs) == 3
 
 
-def test_compiled_swaps_do_not_recompile(llama):
+def test_compiled_swaps_do_not_recompile(llama_files):
     import torch._dynamo as dynamo
 
-    base, adapters = llama
+    base, adapters = llama_files
     s = session(base, "CAUSAL_LM", max_resident=2)
     s.add_adapter("chat-a", adapters["chat-a"])
     # same targets as chat-a at another rank: fits the compiled layout
@@ -332,10 +319,10 @@ def test_token_classification_adapter(tmp_path, minilm_path):
     assert all(t["label"] in ("O", "PER", "LOC") for t in res[0]["tokens"])
 
 
-def test_stop_ends_a_running_generation(llama):
+def test_stop_ends_a_running_generation(llama_files):
     import threading
 
-    base, adapters = llama
+    base, adapters = llama_files
     s = session(base, "CAUSAL_LM")
     s.add_adapter("chat-a", adapters["chat-a"])
     s.use("chat-a")

@@ -1,11 +1,18 @@
-"""The inference service, CLI, OpenAI-compatible server and exports, through the real library."""
+"""The inference service, CLI, OpenAI-compatible server and exports, through the real library.
+
+Commands run in this process (``cli_main``) and the server on a thread of it; one test (marked slow)
+runs ``infer`` and ``serve`` as the real command in subprocesses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -14,15 +21,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from adapterstudio.core.errors import Incompatible, InvalidInput  # noqa: E402
-from tests.inference_helpers import llama_adapters, minilm_adapters, tiny_llama  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, minilm_path):
-    root = tmp_path_factory.mktemp("inf-cli")
-    base = tiny_llama(root / "tiny")
-    return {"tiny": base, "llama": llama_adapters(root / "llad", base),
-            "mini": minilm_adapters(root / "mini", minilm_path)}
+@pytest.fixture
+def built(llama_files, mini_adapters):
+    base, adapters = llama_files
+    return {"tiny": base, "llama": adapters, "mini": mini_adapters}
 
 
 @pytest.fixture
@@ -63,10 +67,10 @@ def test_service_classify_and_compare(catalogue):
     inf.close()
 
 
-def test_cli_infer_classifier_json(catalogue, cli, tmp_path):
+def test_cli_infer_classifier_json(catalogue, cli_main, tmp_path):
     inputs = tmp_path / "in.txt"
     inputs.write_text("what a lovely day\nthis is broken\n")
-    r = cli("infer", "--base", "minilm", "--adapter", "sentiment", "--input", str(inputs), "--json")
+    r = cli_main("infer", "--base", "minilm", "--adapter", "sentiment", "--input", str(inputs), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [x["input"] for x in out["results"]] == ["what a lovely day", "this is broken"]
@@ -74,16 +78,41 @@ def test_cli_infer_classifier_json(catalogue, cli, tmp_path):
         assert x["label"] in ("neg", "pos") and sum(x["probabilities"].values()) == pytest.approx(1, abs=1e-5)
 
 
-def test_cli_infer_generation_blend_and_errors(catalogue, cli):
-    r = cli("infer", "--base", "tiny", "--adapter", "chat-a:0.5", "--adapter", "chat-b:0.5", "hello",
+def test_cli_infer_generation_blend_and_errors(catalogue, cli_main):
+    r = cli_main("infer", "--base", "tiny", "--adapter", "chat-a:0.5", "--adapter", "chat-b:0.5", "hello",
             "--max-new-tokens", "4", "--temperature", "0", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["adapters"] == {"chat-a": 0.5, "chat-b": 0.5} and isinstance(out["results"][0]["output"], str)
-    r = cli("infer", "--base", "tiny", "--adapter", "sentiment", "hello")
+    r = cli_main("infer", "--base", "tiny", "--adapter", "sentiment", "hello")
     assert r.returncode == 1 and "does not fit base model 'tiny'" in r.stderr and "Traceback" not in r.stderr
-    r = cli("infer", "--base", "tiny", "--adapter", "nope", "hello")
+    r = cli_main("infer", "--base", "tiny", "--adapter", "nope", "hello")
     assert r.returncode == 1 and "nope" in r.stderr
+
+
+@contextlib.contextmanager
+def _server(home: Path, base: str):
+    """What ``adapterstudio serve --port 0`` runs, on threads of this process."""
+    from http.server import ThreadingHTTPServer
+
+    from adapterstudio.cli.inference import _make_handler
+    from adapterstudio.services.inference import open_inference
+    from adapterstudio.services.library import open_library
+
+    lib = open_library(home)
+    inf = open_inference(lib, base)
+    inf.session()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(lib, inf, base))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+        inf.close()
+        lib.close()
 
 
 def _start_server(home: Path) -> tuple[subprocess.Popen, str]:
@@ -106,13 +135,14 @@ def _post(url: str, body: dict) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def _models(url: str) -> list[str]:
+    with urllib.request.urlopen(url + "/models", timeout=60) as resp:
+        return [m["id"] for m in json.load(resp)["data"]]
+
+
 def test_serve_openai_compatible_endpoint(catalogue, home):
-    catalogue.close()
-    proc, url = _start_server(home)
-    try:
-        assert url.startswith("http://127.0.0.1:")
-        with urllib.request.urlopen(url + "/models", timeout=60) as resp:
-            ids = [m["id"] for m in json.load(resp)["data"]]
+    with _server(home, "tiny") as url:
+        ids = _models(url)
         assert ids[0] == "tiny" and {"tiny:chat-a", "tiny:chat-b", "tiny:chat-ia3"} <= set(ids)
 
         body = {"model": "tiny:chat-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
@@ -149,18 +179,43 @@ def test_serve_openai_compatible_endpoint(catalogue, home):
         assert code == 400 and "missing" in json.loads(raw)["error"]["message"]
         code, raw = _post(url + "/chat/completions", {**body, "model": "other"})
         assert code == 400
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.slow
-def test_export_merged_loads_and_matches(catalogue, cli, home, tmp_path, built):
+def test_the_real_commands_infer_and_serve(catalogue, cli, home, tmp_path):
+    """``python -m adapterstudio infer`` and ``serve`` in subprocesses: exit codes, JSON on stdout, a one-line
+    error on stderr, the address printed once the port is bound, a request answered, stopped by a signal."""
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("what a lovely day\nthis is broken\n")
+    r = cli("infer", "--base", "minilm", "--adapter", "sentiment", "--input", str(inputs), "--json")
+    assert r.returncode == 0, r.stderr
+    assert [x["label"] in ("neg", "pos") for x in json.loads(r.stdout)["results"]] == [True, True]
+    r = cli("infer", "--base", "tiny", "--adapter", "sentiment", "hello")
+    assert r.returncode == 1 and not r.stdout
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "does not fit base model 'tiny'" in r.stderr
+
+    catalogue.close()
+    proc, url = _start_server(home)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        assert "tiny:chat-a" in _models(url)
+        code, raw = _post(url + "/chat/completions", {"model": "tiny:chat-a", "max_tokens": 3, "temperature": 0,
+                                                      "messages": [{"role": "user", "content": "hi"}]})
+        assert code == 200 and json.loads(raw)["object"] == "chat.completion", raw
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_export_merged_loads_and_matches(catalogue, cli_main, home, tmp_path, built):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "merged"
-    r = cli("export", "chat-a", "--merged", str(out), "--json")
+    r = cli_main("export", "chat-a", "--merged", str(out), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["merged"] == str(out)
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
@@ -171,7 +226,7 @@ def test_export_merged_loads_and_matches(catalogue, cli, home, tmp_path, built):
                                     str(built["llama"]["chat-a"])).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(**enc).logits, ref(**enc).logits, atol=1e-4, rtol=1e-4)
-    r = cli("export", "chat-a", "--merged", str(out))
+    r = cli_main("export", "chat-a", "--merged", str(out))
     assert r.returncode == 1 and "not an empty folder" in r.stderr
 
 
@@ -191,13 +246,12 @@ def test_export_merged_blend_equals_session_blend(catalogue, tmp_path):
     inf.close()
 
 
-@pytest.mark.slow
-def test_export_gguf_is_readable_with_expected_tensors(catalogue, cli, tmp_path, built):
+def test_export_gguf_is_readable_with_expected_tensors(catalogue, cli_main, tmp_path, built):
     import gguf
     from safetensors.torch import load_file
 
     out = tmp_path / "gguf"
-    r = cli("export", "chat-a", "--gguf", str(out), "--json")
+    r = cli_main("export", "chat-a", "--gguf", str(out), "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     reader = gguf.GGUFReader(info["gguf"])
@@ -222,7 +276,7 @@ def test_export_gguf_is_readable_with_expected_tensors(catalogue, cli, tmp_path,
     assert torch.allclose(torch.from_numpy(tb.data.copy()).reshape(b.shape), b)
     modelfile = (out / "Modelfile").read_text()
     assert f"ADAPTER ./{Path(info['gguf']).name}" in modelfile and "FROM " in modelfile
-    r = cli("export", "sentiment", "--gguf", str(tmp_path / "g2"))
+    r = cli_main("export", "sentiment", "--gguf", str(tmp_path / "g2"))
     assert r.returncode == 1 and "GGUF LoRA export supports" in r.stderr and not (tmp_path / "g2").exists()
 
 

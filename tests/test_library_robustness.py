@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from adapterstudio.api.testing import write_adapter_folder
+from tests.cli_runner import CliResult
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -189,26 +190,32 @@ def test_a_read_only_library_can_be_read_and_refuses_writes_in_one_sentence(shar
     out.chmod(0o777)
     env = {**os.environ, "ADAPTERSTUDIO_HOME": str(home), "HOME": str(shared_dir), "PYTHONPATH": str(REPO)}
     env.pop("ADAPTERSTUDIO_CONFIG", None)
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*prefix, sys.executable, "-m", "adapterstudio", *args], capture_output=True,
-                              text=True, env=env, timeout=120)
-
-    r = cli("adapter", "list", "--json")
-    assert r.returncode == 0, r.stderr
-    assert [(a["name"], a["tags"]) for a in json.loads(r.stdout)] == [("mine", ["keep"])]
-    assert cli("adapter", "show", "mine").returncode == 0
-    assert cli("base", "list").returncode == 0
-    r = cli("catalogue", "check", "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
-    r = cli("adapter", "export", "mine", str(out / "copy"))
-    assert r.returncode == 0, r.stderr
-    assert _state(out / "copy") == _state(src)
+    reads = [("adapter", "list", "--json"), ("adapter", "show", "mine"), ("base", "list"),
+             ("catalogue", "check", "--json"), ("adapter", "export", "mine", str(out / "copy"))]
     writes = [("adapter", "tag", "mine", "new"), ("adapter", "remove", "mine"), ("adapter", "rename", "mine", "x"),
               ("adapter", "note", "mine", "hello"), ("adapter", "import", str(src), "--name", "again"),
               ("base", "add", "other/base"), ("catalogue", "check", "--fix")]
+    # every command as the user who cannot write, one after the other in one interpreter (cli.main each)
+    driver = ("import dataclasses, json, sys\nfrom tests.cli_runner import run_cli_main\n"
+              "for args in json.load(sys.stdin):\n"
+              "    print(json.dumps(dataclasses.asdict(run_cli_main(*args))), flush=True)\n")
+    res = subprocess.run([*prefix, sys.executable, "-c", driver], input=json.dumps(reads + writes), capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    results = iter(CliResult(**json.loads(line)) for line in res.stdout.splitlines())
+
+    r = next(results)
+    assert r.returncode == 0, r.stderr
+    assert [(a["name"], a["tags"]) for a in json.loads(r.stdout)] == [("mine", ["keep"])]
+    assert next(results).returncode == 0
+    assert next(results).returncode == 0
+    r = next(results)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
+    r = next(results)
+    assert r.returncode == 0, r.stderr
+    assert _state(out / "copy") == _state(src)
     for args in writes:
-        r = cli(*args)
+        r = next(results)
         assert r.returncode == 1, (args, r.stdout, r.stderr)
         assert r.stderr.splitlines()[0] == f"error: The library at {home} is read-only.", (args, r.stderr)
         assert "Traceback" not in r.stderr and "Internal error" not in r.stderr
@@ -394,7 +401,7 @@ def test_the_library_applies_the_rules_before_writing(lib, home, tmp_path):
     assert a.name == "fine" and a.tags == ["ok"] and a.notes == "two\nlines"
 
 
-def test_tags_stored_by_older_versions_show_whole_and_can_be_removed(lib, home, tmp_path, cli):
+def test_tags_stored_by_older_versions_show_whole_and_can_be_removed(lib, home, tmp_path, cli_main):
     src = write_adapter_folder(tmp_path / "a")
     rec = lib.import_adapter(src, "a", tags=["plain"])
     # what an older version let in: a tag with the old list separator, one with a bidi override
@@ -403,12 +410,12 @@ def test_tags_stored_by_older_versions_show_whole_and_can_be_removed(lib, home, 
                         [(rec.id, "two\x1fparts"), (rec.id, "rev\u202eersed")])
     assert sorted(lib.catalogue.get_adapter("a").tags) == ["plain", "rev\u202eersed", "two\x1fparts"]
     assert lib.list_adapters(tag="two\x1fparts")[0].name == "a"
-    r = cli("adapter", "show", "a")
+    r = cli_main("adapter", "show", "a")
     tags_line = next(line for line in r.stdout.splitlines() if line.startswith("tags:"))
     assert "two\\x1fparts" in tags_line and "rev\\u202eersed" in tags_line and "\x1f" not in tags_line
     # removed as shown (escaped) or as a terminal shows it (hidden characters left out)
-    r = cli("adapter", "tag", "a", "two\\x1fparts", "--remove")
+    r = cli_main("adapter", "tag", "a", "two\\x1fparts", "--remove")
     assert r.returncode == 0, r.stderr
-    r = cli("adapter", "tag", "a", "reversed", "--remove")
+    r = cli_main("adapter", "tag", "a", "reversed", "--remove")
     assert r.returncode == 0, r.stderr
     assert lib.catalogue.get_adapter("a").tags == ["plain"]

@@ -159,12 +159,19 @@ def test_main_entry_point_runs_and_exits(home, tmp_path):
         "from PySide6.QtWidgets import QApplication\n"
         "from adapterstudio.ui import app\n"
         "qapp = app.create_app()\n"
+        "import time\n"
+        "deadline = time.monotonic() + 60\n"
         "def close():\n"
         "    wins = [w for w in QApplication.topLevelWidgets() if hasattr(w, 'pages') and w.isVisible()]\n"
+        "    if not (wins and wins[0].session.lib is not None) and time.monotonic() < deadline:\n"
+        "        return  # not shown, or the library not opened yet: look again at the next tick\n"
+        "    timer.stop()\n"
         "    print('windows', len(wins), wins[0].windowTitle() if wins else '')\n"
         "    for w in wins:\n"
         "        w.close()\n"
-        "QTimer.singleShot(3000, close)\n"
+        "timer = QTimer()\n"
+        "timer.timeout.connect(close)\n"
+        "timer.start(50)\n"
         "raise SystemExit(app.main())\n")
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": os.pathsep.join(sys.path)}
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)

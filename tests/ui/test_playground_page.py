@@ -17,15 +17,6 @@ from tests.ui.conftest import wait_loaded, wait_worker  # noqa: E402
 from tests.ui.test_stall import StallMeter, report  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def llama_files(tmp_path_factory):
-    from tests.inference_helpers import llama_adapters, tiny_llama
-
-    root = tmp_path_factory.mktemp("llama")
-    base = tiny_llama(root / "tiny-llama")
-    return base, llama_adapters(root / "adapters", base)
-
-
 @pytest.fixture
 def chat_page(qtbot, window, llama_files):
     base, adapters = llama_files

@@ -350,7 +350,8 @@ def test_stop_ends_a_running_generation(llama_files):
     assert isinstance(s.generate("hello", max_new_tokens=3, temperature=0), str)
 
 
-def test_only_allow_listed_lora_configs_use_slots(tmp_path, mini):
+def test_only_allow_listed_lora_configs_use_slots(tmp_path, mini_adapters):
+    mini = mini_adapters
     import json
     import shutil
 

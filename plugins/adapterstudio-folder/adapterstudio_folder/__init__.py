@@ -32,7 +32,7 @@ from adapterstudio.api import (
     PullResult, PushResult, RemoteAdapter, RemoteDetail, RemoteFile, RemoteNotFound, TaskContext, UserError,
 )
 from adapterstudio.api.cards import HUB_ID, parse_card
-from adapterstudio.api.files import is_pickle, wanted
+from adapterstudio.api.files import atomic_write_bytes, fsync_dir, is_pickle, wanted
 
 ROOT_ENV = "ADAPTERSTUDIO_SHARED_FOLDER"
 CHUNK = 1 << 20
@@ -40,31 +40,6 @@ CHUNK = 1 << 20
 
 def make_provider(config: ProviderConfig) -> FolderProvider:
     return FolderProvider(config)
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_file_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _copy_hashing(src: Path, dst: Path, ctx: TaskContext, done: int, total: int) -> tuple[str, int]:
@@ -247,7 +222,7 @@ class FolderProvider:
             (repo / "revisions").mkdir(parents=True, exist_ok=True)
             (repo / "refs").mkdir(exist_ok=True)
             info = {"id": repo_id, "private": bool(private), "created_at": time.time(), "created_by": getpass.getuser()}
-            _write_file_atomic(repo / "repo.json", json.dumps(info, indent=2).encode())
+            atomic_write_bytes(repo / "repo.json", json.dumps(info, indent=2).encode())
             created = True
         sources = sorted(p for p in folder.rglob("*") if p.is_file()
                          and not any(part.startswith(".") for part in p.relative_to(folder).parts))
@@ -267,14 +242,14 @@ class FolderProvider:
                         "created_at": time.time(), "created_by": getpass.getuser(), "files": entries}
             rev = hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
             manifest["revision"] = rev
-            _write_file_atomic(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
-            _fsync_dir(tmp / "files")
+            atomic_write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+            fsync_dir(tmp / "files")
             os.rename(tmp, repo / "revisions" / rev)
-            _fsync_dir(repo / "revisions")
+            fsync_dir(repo / "revisions")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _write_file_atomic(repo / "refs" / "main", (rev + "\n").encode())
+        atomic_write_bytes(repo / "refs" / "main", (rev + "\n").encode())
         return PushResult(id=repo_id, revision=rev, url=str(repo), created=created)
 
     def delete(self, repo_id: str) -> None:

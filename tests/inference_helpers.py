@@ -11,10 +11,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<s>assistant:{% endif %}"
 )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch's CPU ops on one thread for a test module of tiny models (used ``autouse`` by the modules).
+
+    These models' matrices are too small to gain from a second thread, and with both cores busy (a
+    second pytest, a training run) torch's thread pool waits for a thread that is not running: the
+    same test then takes 3-10 times as long (per_row_generation: 2 s alone, 15-19 s on a shared
+    2-core machine; 1 s either way on one thread). Restored after the module.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _perturb(model, seed: int, scale: float = 0.2) -> None:

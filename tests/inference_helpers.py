@@ -26,7 +26,7 @@ def one_torch_thread():
     These models' matrices are too small to gain from a second thread, and with both cores busy (a
     second pytest, a training run) torch's thread pool waits for a thread that is not running: 128
     tokens for 3 rows of the tiny llama took 0.7 s alone and 3-3.7 s beside one busy process on two
-    threads, 0.85 s on one; this file took 88-175 s on a shared 2-core machine. Restored after the module.
+    threads, 0.85 s on one; test_inference.py took 88-175 s on a shared 2-core machine. Restored after the module.
     """
     import torch
 

@@ -11,10 +11,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<s>assistant:{% endif %}"
 )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch's CPU ops on one thread for a test module of tiny models (used ``autouse`` by the modules).
+
+    These models' matrices are too small to gain from a second thread, and with both cores busy (a
+    second pytest, a training run) torch's thread pool waits for a thread that is not running: 128
+    tokens for 3 rows of the tiny llama took 0.7 s alone and 3-3.7 s beside one busy process on two
+    threads, 0.85 s on one; test_inference.py took 88-175 s on a shared 2-core machine. Restored after the module.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _perturb(model, seed: int, scale: float = 0.2) -> None:

@@ -21,6 +21,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from adapterstudio.core.errors import Incompatible, InvalidInput  # noqa: E402
+from tests.inference_helpers import one_torch_thread  # noqa: E402, F401  (a fixture: pytest finds it by name)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

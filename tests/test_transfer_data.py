@@ -4,6 +4,7 @@ PyPI packages ship. Each set is checked only where its package is installed (ada
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import sys
 from collections import Counter
@@ -37,6 +38,29 @@ def _need(name: str):
     return ds
 
 
+@pytest.fixture(scope="module")
+def _loaded() -> dict[str, list[dict]]:
+    return {}
+
+
+@pytest.fixture
+def read_once(_loaded, monkeypatch):
+    """``read_once(name)`` -> (data set, rows): each set is read from its package once for the module (a
+    second of parsing for the large ones), and TD's split functions are handed those rows (read-only)
+    instead of reading the files again. That a real read, split and write is repeatable is
+    test_a_split_from_the_package_files_is_repeatable's."""
+
+    def read(name: str):
+        ds = _need(name)
+        if name not in _loaded:
+            _loaded[name] = ds.loader()
+        rows = _loaded[name]
+        monkeypatch.setitem(TD.DATASETS, name, dataclasses.replace(ds, loader=lambda: rows))
+        return ds, rows
+
+    return read
+
+
 def _read(task: str, path: Path) -> list[dict]:
     if task == "seq-cls":
         with path.open(newline="", encoding="utf-8") as fh:
@@ -48,9 +72,8 @@ def _read(task: str, path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "mnist_5k" else n  # ~10 s
                                   for n in TD.DATASETS])
-def test_split_sizes_disjoint_stratified_and_deterministic(name, tmp_path):
-    ds = _need(name)
-    rows = ds.loader()
+def test_split_sizes_disjoint_stratified_and_deterministic(name, tmp_path, read_once):
+    ds, rows = read_once(name)
     assert len(rows) >= 800  # real sets, not a handful of examples
     keys = [TD.content_key(r) for r in rows]
     assert len(set(keys)) == len(keys)  # duplicates were removed at load
@@ -76,15 +99,28 @@ def test_split_sizes_disjoint_stratified_and_deterministic(name, tmp_path):
         assert len(img) == 28 and all(len(line) == 28 for line in img)
         assert all(0.0 <= v <= 1.0 for line in img for v in line)
 
-    again = TD.make_split(name, tmp_path / "b", n_train=500, n_test=2000, seed=3)
-    assert again[0].read_bytes() == train_p.read_bytes() and again[1].read_bytes() == test_p.read_bytes()
+    # the same seed, the same rows in the same order as written (bytes twice: the test below)
+    again = TD.split_rows(name, n_train=500, n_test=2000, seed=3)
+    assert [[TD.content_key(r) for r in part] for part in again] == \
+        [[TD.content_key(r) for r in part] for part in (train, test)]
     other, _ = TD.split_rows(name, n_train=500, n_test=10, seed=4)
     assert [TD.content_key(r) for r in other] != [TD.content_key(r) for r in train]
 
 
-def test_natural_proportions_kept_on_an_imbalanced_set(tmp_path):
-    ds = _need("tweets_neg_pos")
-    total = Counter(r["label"] for r in ds.loader())
+def test_a_split_from_the_package_files_is_repeatable(tmp_path):
+    """Read, split and written twice from the package's files (not the module's shared rows): the same bytes.
+    One set proves it for the reading and writing code the sets share; each set's split is checked against
+    the rows its files hold in test_split_sizes_disjoint_stratified_and_deterministic."""
+    _need("commons_con_lab")
+    first = TD.make_split("commons_con_lab", tmp_path / "a", n_train=300, n_test=200, seed=5)
+    again = TD.make_split("commons_con_lab", tmp_path / "b", n_train=300, n_test=200, seed=5)
+    assert first[0].read_bytes() == again[0].read_bytes() and first[1].read_bytes() == again[1].read_bytes()
+    assert first[2] == again[2]
+
+
+def test_natural_proportions_kept_on_an_imbalanced_set(tmp_path, read_once):
+    _, rows = read_once("tweets_neg_pos")
+    total = Counter(r["label"] for r in rows)
     share = total["positive"] / sum(total.values())
     assert 0.25 < share < 0.35  # ~70/30 negative/positive
     _, _, info = TD.make_split("tweets_neg_pos", tmp_path, n_train=500, n_test=2000, seed=0)

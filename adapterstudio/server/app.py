@@ -38,8 +38,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from adapterstudio.core.errors import InvalidInput, NotFound
-from adapterstudio.server.errors import SERVER_ERROR, APIError, internal, invalid, model_not_found
+from adapterstudio.core.errors import InvalidInput, NotFound, UserError
+from adapterstudio.server.errors import SERVER_ERROR, APIError, from_user_error, internal, invalid, model_not_found
 from adapterstudio.server.scheduler import (
     DEFAULT_MAX_TOKENS,
     ChoiceDone,
@@ -55,6 +55,8 @@ from adapterstudio.server.validation import CompletionRequest, parse_json, parse
 from adapterstudio.services.inference import adapter_task
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from adapterstudio.services.inference import Inference
 
 log = logging.getLogger("adapterstudio.server")
@@ -129,8 +131,6 @@ async def _drain(request: Request) -> bytes:
                 chunks.append(chunk)
     except ClientDisconnect:
         return b""  # nobody is left to answer
-    except RuntimeError:  # Starlette: "Stream consumed" (already read by an earlier step)
-        return b""
     if size > MAX_BODY:
         raise APIError(413, f"The request body is larger than {MAX_BODY // (1024 * 1024)} MiB.",
                        code="request_too_large")
@@ -172,8 +172,10 @@ class _OpenAI:
         return JSONResponse({"object": "list", "data": await run_in_threadpool(self._models)})
 
     async def get_model(self, request: Request) -> Response:
-        await self._open(request)
         model_id = request.path_params["model_id"]
+        if not model_id:  # /v1/models/
+            return await self.list_models(request)
+        await self._open(request)
         for m in await run_in_threadpool(self._models):
             if m["id"] == model_id:
                 return JSONResponse(m)
@@ -192,6 +194,8 @@ class _OpenAI:
             rec = self.inference.lib.catalogue.get_adapter(name)
         except NotFound:
             raise model_not_found(model, f"the library has no adapter {name!r}.") from None
+        except UserError as exc:  # a name the catalogue refuses, a library it cannot read
+            raise from_user_error(exc, "model") from None
         task = adapter_task(rec)
         if task not in (None, "CAUSAL_LM"):
             raise invalid(f"Adapter {name!r} is a {task} adapter: it does not generate text.", "model")
@@ -210,7 +214,11 @@ class _OpenAI:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         events: asyncio.Queue[Event] = asyncio.Queue()
-        handle = self.scheduler.submit(req, adapter, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+
+        def sink(event: Event) -> None:  # on the worker thread: hand the event to this request's coroutine
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        handle = self.scheduler.submit(req, adapter, sink)
         watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
         answer = _Answer(req, self.base, handle)
         try:
@@ -349,8 +357,9 @@ class _Answer:
 
     # streamed
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        chunk = {"id": self.id, "object": "chat.completion.chunk" if self.req.chat else "text_completion",
-                 "created": self.created, "model": self.model, "choices": choices}
+        kind = "chat.completion.chunk" if self.req.chat else "text_completion"
+        chunk: dict[str, Any] = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                                 "choices": choices}
         if self.req.include_usage:
             chunk["usage"] = None
         return chunk
@@ -417,7 +426,7 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: Starlette) -> Any:
+def uvicorn_server(app: Starlette) -> uvicorn.Server:
     """The uvicorn server for *app* (its request log off: prompts stay private); ``.run(sockets=[listen(...)])``
     serves until Ctrl+C or SIGTERM, ``.should_exit = True`` stops it from another thread."""
     import uvicorn

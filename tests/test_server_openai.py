@@ -360,3 +360,11 @@ def test_serving_beyond_this_machine_needs_an_api_key(cli_main, home):
                  env={"ADAPTERSTUDIO_API_KEY": "sk-env-key-4821"})
     assert r.returncode == 1 and "API key" not in r.stderr and "tiny" in r.stderr
     assert "sk-env-key-4821" not in r.stderr + r.stdout
+
+
+def test_the_api_key_stays_out_of_crash_logs():
+    from adapterstudio.cli._common import redacted_argv
+
+    argv = ["adapterstudio", "serve", "--base", "tiny", "--api-key", "sk-1", "--api-k=sk-2", "--api", "sk-3"]
+    assert redacted_argv(argv) == ["adapterstudio", "serve", "--base", "tiny", "--api-key", "***", "--api-k=***",
+                                   "--api", "***"]

@@ -104,7 +104,10 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404 (no route) and 405 (wrong method), as OpenAI's error object, body drained."""
     assert isinstance(exc, HTTPException)
-    await _drain(request)
+    try:
+        await _drain(request)
+    except APIError:
+        pass  # a body over the limit: it was read to its end all the same, and the route's error says more
     if exc.status_code == 404:
         err = APIError(404, f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url")
     elif exc.status_code == 405:
@@ -116,7 +119,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _bug(request: Request, exc: Exception) -> Response:
-    # Starlette logs the traceback (it re-raises after this answer); the client gets an object, not a page
+    # Starlette re-raises after this answer and uvicorn logs the traceback; the client gets an object, not a page
     return await _api_error(request, internal("The server failed on this request; its log has the details."))
 
 

@@ -75,7 +75,7 @@ class Failed:
 Event = Ready | Piece | ChoiceDone | Finished | Failed
 
 
-@dataclass
+@dataclass(eq=False)  # one request is equal only to itself
 class Handle:
     """One submitted request: cancel it, or read how it went (``state``, ``completion_tokens``)."""
 
@@ -105,6 +105,10 @@ class Handle:
         except RuntimeError:  # the event loop that listens has closed (server shutting down)
             log.info("request %s: nobody listens any more; cancelling it", self.id)
             self.cancel()
+
+
+def _nowhere(event: Event) -> None:
+    """The sink of a finished request."""
 
 
 class Scheduler:
@@ -156,6 +160,7 @@ class Scheduler:
                 self._run(handle)
             finally:
                 self.running = None
+                handle.sink = _nowhere  # the finished request keeps no reference to its listener
                 self.recent.append(handle)
 
     def _run(self, h: Handle) -> None:

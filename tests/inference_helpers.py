@@ -8,8 +8,13 @@ The texts are made up for mechanics tests; nothing here is claimed to be real da
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +133,27 @@ def llama_adapters(out: Path, base: Path) -> dict[str, Path]:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def serve_in_thread(inference, **options) -> Iterator[tuple[str, Any]]:
+    """What ``adapterstudio serve --port 0`` runs (the same app and uvicorn settings), on a thread of this
+    process: yields (the ``.../v1`` URL, the app); stopped and joined on exit. *options*: ``create_app``'s."""
+    from adapterstudio.server.app import create_app, listen, uvicorn_server
+
+    app = create_app(inference, **options)
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn_server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError("the server did not start")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()

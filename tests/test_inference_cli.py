@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -96,24 +95,17 @@ def test_cli_infer_generation_blend_and_errors(catalogue, cli_main):
 @contextlib.contextmanager
 def _server(home: Path, base: str):
     """What ``adapterstudio serve --port 0`` runs, on threads of this process."""
-    from http.server import ThreadingHTTPServer
-
-    from adapterstudio.cli.inference import _make_handler
     from adapterstudio.services.inference import open_inference
     from adapterstudio.services.library import open_library
+    from tests.inference_helpers import serve_in_thread
 
     lib = open_library(home)
     inf = open_inference(lib, base)
     inf.session()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(lib, inf, base))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+        with serve_in_thread(inf) as (url, _app):
+            yield url
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=30)
         inf.close()
         lib.close()
 
@@ -178,10 +170,12 @@ def test_serve_openai_compatible_endpoint(catalogue, home):
         events = [ln[len("data: "):] for ln in raw.decode().split("\n\n") if ln.startswith("data: ")]
         assert json.loads(events[0])["choices"][0]["delta"] == {"role": "assistant"} and events[-1] == "[DONE]"
 
+        # an unknown model is OpenAI's 404 model_not_found (was a 400 before the server followed the API)
         code, raw = _post(url + "/chat/completions", {**body, "model": "tiny:missing"})
-        assert code == 400 and "missing" in json.loads(raw)["error"]["message"]
+        assert code == 404 and "missing" in json.loads(raw)["error"]["message"]
+        assert json.loads(raw)["error"]["code"] == "model_not_found"
         code, raw = _post(url + "/chat/completions", {**body, "model": "other"})
-        assert code == 400
+        assert code == 404
 
 
 @pytest.mark.slow

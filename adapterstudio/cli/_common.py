@@ -98,6 +98,29 @@ def _error(args: argparse.Namespace, message: str, code: int, hint: str | None =
         pass  # stdout/stderr closed or their disk full: the exit code still tells
 
 
+SECRET_OPTIONS = ("--api-key",)  # options whose value never goes into a log
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """*argv* with the values of :data:`SECRET_OPTIONS` (or argparse's abbreviations of them) replaced by ``***``."""
+    def secret(name: str) -> bool:
+        return name.startswith("--") and len(name) > 2 and any(o.startswith(name) for o in SECRET_OPTIONS)
+
+    out: list[str] = []
+    hide = False
+    for a in argv:
+        name, eq, _value = a.partition("=")
+        if hide:
+            out.append("***")
+            hide = False
+        elif secret(name) and eq:
+            out.append(name + "=***")
+        else:
+            out.append(a)
+            hide = secret(a)
+    return out
+
+
 def _write_crash_log(args: argparse.Namespace) -> tuple[str | None, str]:
     """Write the current exception's traceback to a log; (its path, "") or (None, why not). Never raises:
     it runs while an error is being reported, and a second error here would bury the first."""
@@ -118,7 +141,7 @@ def _write_crash_log(args: argparse.Namespace) -> tuple[str | None, str]:
         try:
             logs.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as fh:
-                fh.write(f"argv: {sys.argv!r}\n")
+                fh.write(f"argv: {redacted_argv(sys.argv)!r}\n")
                 traceback.print_exc(file=fh)
             return str(path), ""
         except Exception as exc:  # noqa: BLE001 - try the next folder; say why if none works

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import threading
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from adapterstudio.cli._common import cli_context, emit, open_lib, progress, want_json
-from adapterstudio.core.errors import InvalidInput, UserError
+from adapterstudio.core.errors import InvalidInput
 from adapterstudio.core.settings import PRECISIONS
+
+API_KEY_ENV = "ADAPTERSTUDIO_API_KEY"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -35,9 +35,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("serve", parents=[common, run], help="an OpenAI-compatible local HTTP endpoint",
                        description="Serve GET /v1/models, POST /v1/chat/completions and /v1/completions; the "
-                                   "request's model is BASE or BASE:ADAPTER (adapters hot-swapped per request).")
+                                   "request's model is BASE or BASE:ADAPTER (adapters hot-swapped per request); "
+                                   "generations run one at a time.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' on every request (default: ${API_KEY_ENV}); "
+                        "required when --host is not a loopback address")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="cancel a request after this long, waiting in the queue included (default 600)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("export", parents=[common], help="export an adapter merged into a full model, or as GGUF LoRA",
@@ -176,175 +182,30 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # -- serve ---------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from http.server import ThreadingHTTPServer
+    """Load the base, bind the port, print the address, then serve (adapterstudio.server) until stopped."""
+    from adapterstudio.server.app import check_bind, create_app, listen, uvicorn_server
 
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    check_bind(args.host, api_key)
+    if not args.timeout > 0:
+        raise InvalidInput("--timeout must be a positive number of seconds.")
     lib, inf, bar = _open(args)
-    bar.close()
-    inf.session()  # load the base before announcing the address
-    handler = _make_handler(lib, inf, args.base)
     try:
-        server = ThreadingHTTPServer((args.host, args.port), handler)
-    except OSError as exc:
-        inf.close()
-        lib.close()
-        raise InvalidInput(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
-    host, port = server.server_address[:2]
-    host = host.decode() if isinstance(host, bytes) else host  # typeshed allows bytes (AF_UNIX); AF_INET gives str
-    url = f"http://{host}:{port}/v1"
-    if want_json(args):
-        print(json.dumps({"url": url, "base": args.base}), flush=True)
-    else:
-        print(f"Serving {args.base} at {url} (model: {args.base} or {args.base}:ADAPTER); Ctrl+C stops.", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        bar.close()
+        inf.session()  # load the base before announcing the address
+        sock = listen(args.host, args.port)
+        host, port = sock.getsockname()[:2]
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+        if want_json(args):
+            print(json.dumps({"url": url, "base": args.base}), flush=True)
+        else:
+            print(f"Serving {args.base} at {url} (model: {args.base} or {args.base}:ADAPTER); Ctrl+C stops.",
+                  flush=True)
+        try:
+            uvicorn_server(create_app(inf, api_key=api_key, request_timeout=args.timeout)).run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
     finally:
-        server.server_close()
         inf.close()
         lib.close()
     return 0
-
-
-def _make_handler(lib: Any, inf: Any, base: str):
-    from http.server import BaseHTTPRequestHandler
-
-    worker = threading.Lock()  # generation is serialized on one worker
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "AdapterStudio"
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *a: Any) -> None:  # quiet by default
-            pass
-
-        def _json(self, code: int, obj: Any) -> None:
-            body = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _error(self, code: int, message: str, kind: str = "invalid_request_error") -> None:
-            self._json(code, {"error": {"message": message, "type": kind, "code": code}})
-
-        def do_GET(self) -> None:
-            if self.path.rstrip("/") in ("/v1/models", "/models"):
-                now = int(time.time())
-                data = [{"id": base, "object": "model", "created": now, "owned_by": "adapterstudio"}]
-                with worker:
-                    adapters = lib.list_adapters(base=base)
-                for a in adapters:
-                    if a.compatible is not False:
-                        data.append({"id": f"{base}:{a.name}", "object": "model", "created": int(a.created_at),
-                                     "owned_by": "adapterstudio"})
-                self._json(200, {"object": "list", "data": data})
-            else:
-                self._error(404, f"No route {self.path}.")
-
-        def do_POST(self) -> None:
-            route = self.path.rstrip("/")
-            if route not in ("/v1/chat/completions", "/v1/completions"):
-                return self._error(404, f"No route {self.path}.")
-            try:
-                n = int(self.headers.get("Content-Length") or 0)
-                req = json.loads(self.rfile.read(n) or b"{}")
-                if not isinstance(req, dict):
-                    raise ValueError
-            except ValueError:
-                return self._error(400, "The request body is not a JSON object.")
-            chat = route.endswith("chat/completions")
-            try:
-                self._complete(req, chat)
-            except UserError as exc:
-                self._error(400, str(exc))
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def _complete(self, req: dict[str, Any], chat: bool) -> None:
-            model = str(req.get("model") or base)
-            name, sep, adapter = model.partition(":")
-            if name != base:
-                raise InvalidInput(f"This server runs base {base!r}; model must be {base!r} or {base!r}:ADAPTER.")
-            if chat:
-                messages = req.get("messages")
-                if not isinstance(messages, list) or not messages:
-                    raise InvalidInput("messages must be a non-empty list.")
-                prompt: Any = [{"role": str(m.get("role", "user")), "content": _content(m.get("content"))}
-                               for m in messages if isinstance(m, dict)]
-            else:
-                prompt = req.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1:
-                    prompt = prompt[0]
-                if not isinstance(prompt, str):
-                    raise InvalidInput("prompt must be a string.")
-            stop = req.get("stop") or []
-            stop = [stop] if isinstance(stop, str) else [str(s) for s in stop]
-            max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or 128
-            params = dict(max_new_tokens=int(max_tokens), temperature=float(req.get("temperature", 0.7)),
-                          top_p=float(req.get("top_p", 1.0)), stop=stop, seed=req.get("seed"))
-            rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-            created = int(time.time())
-            with worker:
-                inf.use(adapter or None) if sep else inf.use(None)
-                if inf.active.task != "CAUSAL_LM":
-                    raise InvalidInput(f"{model} is not a text-generation model ({inf.active.task}).")
-                if req.get("stream"):
-                    self._stream(prompt, params, chat, rid, created, model)
-                    return
-                text = inf.generate(prompt, **params)
-                last = dict(inf.active.last_generation)
-            n_prompt, n_out = int(last.get("prompt_tokens", 0)), int(last.get("completion_tokens", 0))
-            finish = last.get("finish_reason", "stop")
-            usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
-            if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-                self._json(200, {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                                 "choices": [choice], "usage": usage})
-            else:
-                choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-                self._json(200, {"id": rid, "object": "text_completion", "created": created, "model": model,
-                                 "choices": [choice], "usage": usage})
-
-        def _stream(self, prompt: Any, params: dict[str, Any], chat: bool, rid: str, created: int, model: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            obj = "chat.completion.chunk" if chat else "text_completion"
-
-            def send(choice: dict[str, Any]) -> None:
-                chunk = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
-                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                self.wfile.flush()
-
-            if chat:
-                send({"index": 0, "delta": {"role": "assistant"}, "finish_reason": None})
-            stream = inf.generate(prompt, stream=True, **params)
-            try:
-                for piece in stream:
-                    send({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else
-                         {"index": 0, "text": piece, "finish_reason": None, "logprobs": None})
-            except (BrokenPipeError, ConnectionResetError):
-                inf.stop()
-                stream.close()
-                return
-            finish = inf.active.last_generation.get("finish_reason", "stop")
-            send({"index": 0, "delta": {}, "finish_reason": finish} if chat else
-                 {"index": 0, "text": "", "finish_reason": finish, "logprobs": None})
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-
-    return Handler
-
-
-def _content(c: Any) -> str:
-    if isinstance(c, str):
-        return c
-    if isinstance(c, list):  # OpenAI content parts: keep the text ones
-        return "".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
-    return "" if c is None else str(c)
-

@@ -192,11 +192,23 @@ class Inference:
             sess = self._session_with(adapters) if adapters is not None else self.active
             return sess.logits(list(texts), adapter_names=adapters)
 
-    def generate(self, prompt: str | list[dict[str, str]], *, stream: bool = False, **params: Any) -> str | Iterator[str]:
-        """Text from a prompt or chat messages (the adapter's recorded chat template)."""
+    def generate(self, prompt: str | list[dict[str, str]], *, stream: bool = False,
+                 cancel: threading.Event | None = None, **params: Any) -> str | Iterator[str]:
+        """Text from a prompt or chat messages (the adapter's recorded chat template).
+
+        *cancel*: setting this event (from any thread) ends the generation at its next token."""
         from adapterstudio.ml.inference import GenerationParams
 
-        return self.active.generate(prompt, _params(GenerationParams, params), stream=stream)
+        return self.active.generate(prompt, _params(GenerationParams, params), stream=stream, cancel=cancel)
+
+    def prompt_tokens(self, prompt: str | list[dict[str, str]]) -> int:
+        """How many tokens *prompt* takes in the active mode (chat messages through its chat template)."""
+        return self.active.count_tokens(prompt)
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens, prompt and completion together, the active model takes (None: no known limit)."""
+        return self.active.context_length
 
     def generate_batch(self, prompts: Sequence[str | list[dict[str, str]]], adapters: Sequence[str | None],
                        **params: Any) -> list[str]:

@@ -52,10 +52,12 @@ class GenerationParams:
 
 
 class StopOnEvent:
-    """A StoppingCriteria: stops when asked to, or when a stop string appears."""
+    """A StoppingCriteria: stops when asked to (*event*, or the caller's *cancel*), or when a stop string appears."""
 
-    def __init__(self, event: threading.Event, tokenizer: Any, prompt_len: int, stops: Sequence[str]) -> None:
+    def __init__(self, event: threading.Event, tokenizer: Any, prompt_len: int, stops: Sequence[str],
+                 cancel: threading.Event | None = None) -> None:
         self.event, self.tok, self.prompt_len, self.stops = event, tokenizer, prompt_len, [s for s in stops if s]
+        self.cancel = cancel
         self.generated = 0
         self.last_token: int | None = None
 
@@ -63,7 +65,7 @@ class StopOnEvent:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         self.generated = int(input_ids.shape[1]) - self.prompt_len
         self.last_token = int(input_ids[0, -1])
-        if self.event.is_set():
+        if self.event.is_set() or (self.cancel is not None and self.cancel.is_set()):
             return done | True
         if self.stops:
             for i in range(input_ids.shape[0]):
@@ -134,10 +136,12 @@ def decode_completions(tokenizer: Any, out: torch.Tensor, prompt_len: int, stops
 def stream_generate(
     model: Any, tokenizer: Any, batch: dict[str, torch.Tensor], prompt_len: int, p: GenerationParams,
     stop_event: threading.Event, *, adapters_off: Callable[[], AbstractContextManager[Any]] | None = None,
-    on_done: Callable[[dict[str, Any]], None] | None = None,
+    on_done: Callable[[dict[str, Any]], None] | None = None, cancel: threading.Event | None = None,
 ) -> Iterator[str]:
     """Yield the text of one generation piece by piece; *stop_event* ends it at the next token.
 
+    *cancel*: the caller's own event, checked between tokens like *stop_event* but never
+    cleared here (a request cancelled before its generation starts stays cancelled).
     *batch* is on the model's device. *adapters_off*: a context manager factory entered
     around ``generate`` (the base alone, for prompt-learning adapters). *on_done* gets
     the token counts and finish reason when the generation ends (not when the consumer
@@ -148,7 +152,7 @@ def stream_generate(
     kw = p.generate_kwargs(tokenizer)
     stop_event.clear()
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    stopper = StopOnEvent(stop_event, tokenizer, prompt_len, list(p.stop))
+    stopper = StopOnEvent(stop_event, tokenizer, prompt_len, list(p.stop), cancel)
     error: list[BaseException] = []
 
     def work() -> None:

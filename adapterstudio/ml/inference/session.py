@@ -410,21 +410,38 @@ class InferenceSession:
             return encode_prompt(self.tokenizer, self.format_chat(prompt), add_special=False)
         return encode_prompt(self.tokenizer, prompt, add_special=True if add_special is None else add_special)
 
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens (prompt and completion) the model takes: its config's position count, if it has one."""
+        cfg = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            n = getattr(cfg, attr, None)
+            if isinstance(n, int) and n > 0:
+                return n
+        return None
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        """How many tokens *prompt* takes as :meth:`generate` encodes it (chat template of the current mode)."""
+        with self._lock:
+            return self._prepare_prompt(prompt)[1]
+
     def generate(self, prompt: Prompt, params: GenerationParams | None = None, *,
-                 stream: bool = False, **overrides: Any) -> str | Iterator[str]:
+                 stream: bool = False, cancel: threading.Event | None = None, **overrides: Any) -> str | Iterator[str]:
         """Generate from a prompt (or chat messages) with the current mode.
 
         ``stream=True`` returns an iterator of text pieces as they are produced; the
         session stays locked until it is exhausted (or :meth:`stop` is called).
+        *cancel*: an event of the caller's that ends this generation at its next token
+        once set (also when set before the generation starts).
         """
         p = params or GenerationParams()
         for k, v in overrides.items():
             setattr(p, k, v)
         if stream:
-            return self._generate_stream(prompt, p)
-        return "".join(self._generate_stream(prompt, p))
+            return self._generate_stream(prompt, p, cancel)
+        return "".join(self._generate_stream(prompt, p, cancel))
 
-    def _generate_stream(self, prompt: Prompt, p: GenerationParams) -> Iterator[str]:
+    def _generate_stream(self, prompt: Prompt, p: GenerationParams, cancel: threading.Event | None) -> Iterator[str]:
         with self._lock:
             batch, plen = self._prepare_prompt(prompt)
             model = self._res.peft if self._res.peft is not None else self.model
@@ -434,7 +451,7 @@ class InferenceSession:
             try:
                 yield from stream_generate(model, self.tokenizer, batch, plen, p, self._stop,
                                            adapters_off=self._res.peft.disable_adapter if base_of_prompts else None,
-                                           on_done=self._generation_done)
+                                           on_done=self._generation_done, cancel=cancel)
             finally:
                 if self._mode[0] == "base":
                     self._apply_mode()

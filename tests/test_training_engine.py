@@ -135,6 +135,26 @@ def test_cancel_keeps_checkpoint_and_resume_finishes(tlib):
     assert out.result["steps"] == total and tlib.catalogue.get_adapter("c").run_id == run.id
 
 
+def test_a_supervisor_that_fails_mid_run_stops_its_worker_and_the_run_resumes(tlib):
+    from adapterstudio.core.runs import worker_holder
+
+    class AppBug(Exception):
+        pass
+
+    def progress(done, total, message):
+        if done >= 2:
+            raise AppBug("the app's progress callback failed")
+
+    with pytest.raises(AppBug):
+        T.train(tlib, _spec(tlib, strategy="head", epochs=4, name="sup"), Context(on_progress=progress))
+    run = RunStore(tlib.catalogue).list()[0]
+    # the supervisor stopped its worker on the way out: nothing runs the run, which is resumable, not 'running'
+    assert run.status == "interrupted" and "supervision stopped (AppBug)" in run.error
+    assert worker_holder(Path(run.run_dir)) is None and tlib.catalogue.find_adapter("sup") is None
+    out = T.resume(tlib, run.id, Context())
+    assert out.run.status == "succeeded" and out.result["steps"] == 32 and tlib.catalogue.get_adapter("sup")
+
+
 @pytest.mark.slow
 def test_out_of_memory_halves_micro_batch_and_keeps_effective_batch(tlib, monkeypatch):
     # the worker's test hook raises torch.OutOfMemoryError for micro-batches above 4 (after step 1)

@@ -75,6 +75,7 @@ def sentiment_rows(n: int = 120) -> list[dict]:
 
 # -- the training child in this process ---------------------------------------------------------------
 NO_PID = 2**22 + 12345  # above any pid_max: the supervisor's os.killpg on it fails, and it falls back to kill()
+WAIT_LIMIT_S = 120.0  # the longest an in-process worker is waited for once asked to stop
 
 
 class InProcessWorker:
@@ -115,9 +116,12 @@ class InProcessWorker:
         return self.returncode if not self._thread.is_alive() else None
 
     def wait(self, timeout: float | None = None) -> int:
+        # never unbounded: after a test's timeout the supervisor's kill() waits here, and a stuck worker
+        # must then fail the test, not hang it
+        timeout = WAIT_LIMIT_S if timeout is None else timeout
         self._thread.join(timeout)
         if self._thread.is_alive():
-            raise subprocess.TimeoutExpired("worker.main", timeout or 0)
+            raise subprocess.TimeoutExpired("worker.main", timeout)
         assert self.returncode is not None
         return self.returncode
 
@@ -179,7 +183,7 @@ def workers_in_process(monkeypatch: Any) -> Iterator[list[InProcessWorker]]:
         for w in started:
             if w.poll() is None:
                 w.kill()
-                w.wait(120)
+                w.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import pytest
 
 from adapterstudio.core.training import recipe
 from adapterstudio.core.training.spec import TrainingSpec
+from tests.training_helpers import child_in_process_unless_slow  # noqa: F401  (autouse: the worker runs in this process)
 
 
 def _decide(n=500, val=100, labels=None, **kw):
@@ -146,21 +147,27 @@ def test_head_learning_rate_and_class_weighted_loss():
 
 
 # -- end to end on a tiny model -------------------------------------------------------------------------
-@pytest.fixture
-def tiny_lib(lib, tmp_path_factory):
-    from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from tests.training_helpers import tiny_with_tokenizer
 
-    d = tmp_path_factory.mktemp("tiny-recipe")
-    lib.add_base(tiny_with_tokenizer("bert", d / "bert"), name="tb")
+    return tiny_with_tokenizer("bert", tmp_path_factory.mktemp("tiny-recipe") / "bert")
+
+
+@pytest.fixture
+def tiny_lib(lib, tiny_bert, tmp_path):
+    from tests.training_helpers import sentiment_rows
+
+    lib.add_base(tiny_bert, name="tb")
     rows = sentiment_rows(90)[:80]  # 40/40 ... then skew it: keep one negative in eight (40/5)
     rows = [r for i, r in enumerate(rows) if r["label"] == "pos" or i % 8 == 1]
-    data = d / "data.jsonl"
+    data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lib.test_data = data  # type: ignore[attr-defined]
     return lib
 
 
-def test_auto_run_records_recipe_baseline_and_saves_the_probe(tiny_lib, cli, home):
+def test_auto_run_records_recipe_baseline_and_saves_the_probe(tiny_lib, cli_main, home):
     from adapterstudio.core.context import Context
     from adapterstudio.services import training as T
 
@@ -179,14 +186,14 @@ def test_auto_run_records_recipe_baseline_and_saves_the_probe(tiny_lib, cli, hom
     lin = tiny_lib.catalogue.get_adapter("auto").lineage
     assert lin["baseline_metric"] == r["baseline_metric"] and "gain_over_baseline" in lin
     # runs show --json carries the comparison at the top level
-    shown = cli("runs", "show", out.run.id, "--json")
+    shown = cli_main("runs", "show", out.run.id, "--json")
     assert shown.returncode == 0, shown.stderr
     d = json.loads(shown.stdout)
     assert d["baseline_metric"] == r["baseline_metric"] and d["gain_over_baseline"] == pytest.approx(r["gain_over_baseline"])
-    text = cli("runs", "show", out.run.id).stdout
+    text = cli_main("runs", "show", out.run.id).stdout
     assert "baseline: a logistic regression on the frozen base's" in text
     # the probe becomes a head adapter in one action, and it scores what the probe scored on the test split
-    saved = cli("runs", "save-probe", out.run.id, "--name", "auto-probe")
+    saved = cli_main("runs", "save-probe", out.run.id, "--name", "auto-probe")
     assert saved.returncode == 0, saved.stderr
     probe = tiny_lib.catalogue.get_adapter("auto-probe")
     assert probe.lineage["strategy"] == "head" and probe.lineage["probe"]["kind"] == "probe"
@@ -194,7 +201,7 @@ def test_auto_run_records_recipe_baseline_and_saves_the_probe(tiny_lib, cli, hom
     scored = T.evaluate(tiny_lib, "auto-probe", str(test_file))
     head_input = r["baseline"]["candidates"]["head-input"]["test"]
     assert scored["macro_f1"] == pytest.approx(head_input, abs=1e-6)
-    again = cli("runs", "save-probe", out.run.id, "--name", "auto-probe")
+    again = cli_main("runs", "save-probe", out.run.id, "--name", "auto-probe")
     assert again.returncode == 1 and "already in the catalogue" in again.stderr
 
 

@@ -1,4 +1,9 @@
-"""The training CLI in real subprocesses: MiniLM on real data, kill -9 and resume, errors."""
+"""The training CLI: MiniLM on real data, kill -9 and resume, errors, the queue.
+
+Commands run in this process (``cli_main``), the training child on a thread of it
+(``child_in_process_unless_slow``). The real processes run in two ``slow`` tests: ``adapterstudio
+train`` with its ``accelerate launch`` child to exit 0, and a kill -9 of both mid-run, then resume.
+The MiniLM quality test is ``slow`` for its minutes of training (in this process too)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from adapterstudio.core import jsonl
-from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
+from tests.training_helpers import child_in_process_unless_slow, sentiment_rows, tiny_with_tokenizer  # noqa: F401
+from tests.training_helpers import workers_in_process
 
 
 def vader_words(out: Path, n: int = 600, seed: int = 0) -> Path:
@@ -34,12 +40,13 @@ def _json(res):
     return json.loads(res.stdout)
 
 
-@pytest.mark.slow
-def test_lora_beats_head_on_minilm_with_real_data(cli, home, minilm_path, tmp_path):
+@pytest.mark.slow  # (minutes of MiniLM training; the commands and the worker run in this process)
+def test_lora_beats_head_on_minilm_with_real_data(cli_main, home, minilm_path, tmp_path, monkeypatch):
     data = vader_words(tmp_path / "vader.csv", 600)
-    _json(cli("base", "add", str(minilm_path), "--name", "minilm", "--json"))
-    rows = _json(cli("compare", "--base", "minilm", "--data", str(data), "--strategies", "head,lora",
-                     "--epochs", "3", "--test-fraction", "0.2", "--name", "vader", "--json", timeout=600))
+    _json(cli_main("base", "add", str(minilm_path), "--name", "minilm", "--json"))
+    with workers_in_process(monkeypatch):
+        rows = _json(cli_main("compare", "--base", "minilm", "--data", str(data), "--strategies", "head,lora",
+                              "--epochs", "3", "--test-fraction", "0.2", "--name", "vader", "--json"))
     by = {r["strategy"]: r for r in rows}
     assert by["head"]["status"] == by["lora"]["status"] == "succeeded"
     assert by["head"]["trainable_params"] < by["lora"]["trainable_params"]
@@ -51,74 +58,83 @@ def test_lora_beats_head_on_minilm_with_real_data(cli, home, minilm_path, tmp_pa
     assert by["lora"]["gain_over_baseline"] == pytest.approx(by["lora"]["test"] - by["probe"]["test"]), rows
     assert by["lora"]["gain_over_baseline"] > 0, rows
     # both are catalogued adapters with lineage; eval reproduces the metrics on a file
-    shown = _json(cli("adapter", "show", "vader-lora", "--json"))
+    shown = _json(cli_main("adapter", "show", "vader-lora", "--json"))
     assert shown["source"] == "train" and shown["lineage"]["labels"] == ["negative", "positive"]
-    ev = _json(cli("eval", "vader-lora", "--data", str(data), "--json", timeout=300))
+    ev = _json(cli_main("eval", "vader-lora", "--data", str(data), "--json"))
     assert set(ev) >= {"accuracy", "macro_f1", "n"} and ev["n"] == 600 and ev["accuracy"] > by["head"]["test"]
 
 
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return tiny_with_tokenizer("bert", tmp_path_factory.mktemp("tiny") / "tinybert")
+
+
 @pytest.fixture
-def tiny_cli(cli, home, tmp_path):
-    m = tiny_with_tokenizer("bert", tmp_path / "tinybert")
-    _json(cli("base", "add", str(m), "--name", "tb", "--json"))
+def tiny_cli(cli_main, home, tmp_path, tiny_bert):
+    _json(cli_main("base", "add", str(tiny_bert), "--name", "tb", "--json"))
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(80)))
     return data
 
 
 @pytest.mark.slow
-def test_train_cli_exit_zero_only_when_catalogued(cli, tiny_cli, tmp_path):
+def test_train_cli_exit_zero_only_when_catalogued(cli, cli_main, tiny_cli):
+    """The one end-to-end run: the real command, its real ``accelerate launch`` child, exit 0 once catalogued."""
     res = cli("train", "--base", "tb", "--data", str(tiny_cli), "--task", "seq-cls", "--strategy", "lora",
               "--name", "cli-lora", "--epochs", "1", "--batch-size", "8", "--cpu", "--json")
     out = _json(res)
     assert out["adapter"] == "cli-lora" and out["world_size"] == 1 and set(out["final"]) >= {"accuracy", "macro_f1"}
-    assert _json(cli("adapter", "show", "cli-lora", "--json"))["run_id"] == out["run"]["id"]
-    runs = _json(cli("runs", "list", "--json"))
+    assert _json(cli_main("adapter", "show", "cli-lora", "--json"))["run_id"] == out["run"]["id"]
+    runs = _json(cli_main("runs", "list", "--json"))
     assert [r["status"] for r in runs] == ["succeeded"]
-    shown = _json(cli("runs", "show", out["run"]["id"][:12], "--json"))
+    shown = _json(cli_main("runs", "show", out["run"]["id"][:12], "--json"))
     assert shown["world_size"] == 1 and shown["last_checkpoint"] and shown["duration_s"] > 0
     assert shown["spec"]["strategy"] == "lora" and shown["metrics"]["history"]
-    text = cli("runs", "show", out["run"]["id"])
+    text = cli_main("runs", "show", out["run"]["id"])
     assert "succeeded" in text.stdout and "world_size: 1" in text.stdout
-    # a spec file, with flags overriding it
+
+
+def test_train_from_a_spec_file_with_flags_over_it(cli_main, tiny_cli, tmp_path):
+    """A spec file, with --name over it; the same name again is refused before any training."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"base: tb\ndata: {tiny_cli}\nstrategy: head\nepochs: 1\nbatch_size: 8\ncpu: true\nlr: 0.01\n")
-    out2 = _json(cli("train", "--config", str(spec), "--name", "from-yaml", "--json"))
-    a = _json(cli("adapter", "show", "from-yaml", "--json"))
-    assert a["lineage"]["spec"]["lr"] == 0.01 and a["lineage"]["strategy"] == "head" and out2["adapter"] == "from-yaml"
-    # the same name again is refused before any training, exit 1
-    again = cli("train", "--config", str(spec), "--name", "from-yaml")
+    out = _json(cli_main("train", "--config", str(spec), "--name", "from-yaml", "--json"))
+    a = _json(cli_main("adapter", "show", "from-yaml", "--json"))
+    assert a["lineage"]["spec"]["lr"] == 0.01 and a["lineage"]["strategy"] == "head" and out["adapter"] == "from-yaml"
+    assert a["run_id"] == out["run"]["id"] and out["run"]["status"] == "succeeded"
+    again = cli_main("train", "--config", str(spec), "--name", "from-yaml")
     assert again.returncode == 1 and "already in the catalogue" in again.stderr and "Traceback" not in again.stderr
+    assert len(_json(cli_main("runs", "list", "--json"))) == 1
 
 
-def test_bad_data_is_one_line_error(cli, tiny_cli, tmp_path):
+def test_bad_data_is_one_line_error(cli_main, tiny_cli, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\ngood,pos\n,neg\nfine,pos\n")
-    res = cli("train", "--base", "tb", "--data", str(bad), "--name", "x", "--cpu")
+    res = cli_main("train", "--base", "tb", "--data", str(bad), "--name", "x", "--cpu")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert f"error: {bad}: row 2, column 'text' is empty." in res.stderr
-    res = cli("train", "--base", "tb", "--data", str(tiny_cli), "--name", "x", "--lr", "3", "--json")
+    res = cli_main("train", "--base", "tb", "--data", str(tiny_cli), "--name", "x", "--lr", "3", "--json")
     assert res.returncode == 1 and "lr must be between 0 and 1" in json.loads(res.stdout)["error"]
-    assert _json(cli("runs", "list", "--json")) == []
+    assert _json(cli_main("runs", "list", "--json")) == []
 
 
-def test_queue_commands(cli, tiny_cli):
-    q1 = _json(cli("queue", "add", "--base", "tb", "--data", str(tiny_cli), "--strategy", "head", "--name", "qa",
-                   "--max-steps", "2", "--batch-size", "8", "--cpu", "--json"))
-    q2 = _json(cli("queue", "add", "--base", "tb", "--data", str(tiny_cli), "--strategy", "head", "--name", "qb",
-                   "--max-steps", "2", "--batch-size", "8", "--cpu", "--json"))
-    assert [r["id"] for r in _json(cli("queue", "list", "--json"))] == [q1["id"], q2["id"]]
-    _json(cli("queue", "remove", q1["id"], "--json"))
-    done = _json(cli("queue", "run", "--json"))
+def test_queue_commands(cli_main, tiny_cli):
+    q1 = _json(cli_main("queue", "add", "--base", "tb", "--data", str(tiny_cli), "--strategy", "head", "--name", "qa",
+                        "--max-steps", "2", "--batch-size", "8", "--cpu", "--json"))
+    q2 = _json(cli_main("queue", "add", "--base", "tb", "--data", str(tiny_cli), "--strategy", "head", "--name", "qb",
+                        "--max-steps", "2", "--batch-size", "8", "--cpu", "--json"))
+    assert [r["id"] for r in _json(cli_main("queue", "list", "--json"))] == [q1["id"], q2["id"]]
+    _json(cli_main("queue", "remove", q1["id"], "--json"))
+    done = _json(cli_main("queue", "run", "--json"))
     assert [d["name"] for d in done] == ["qb"] and done[0]["status"] == "succeeded"
-    assert _json(cli("queue", "list", "--json")) == []
+    assert _json(cli_main("queue", "list", "--json")) == []
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_to_completion(home, tiny_cli):
     env = {**os.environ, "ADAPTERSTUDIO_HOME": str(home)}
     cmd = [sys.executable, "-m", "adapterstudio", "train", "--base", "tb", "--data", str(tiny_cli), "--strategy", "lora",
-           "--name", "killed", "--epochs", "40", "--batch-size", "8", "--save-every", "3", "--cpu"]
+           "--name", "killed", "--epochs", "15", "--batch-size", "8", "--save-every", "3", "--cpu"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 180
     events_file = None
@@ -144,7 +160,7 @@ def test_sigkill_mid_run_then_resume_to_completion(home, tiny_cli):
     shown = json.loads(run_cli("runs", "show", run_id, "--json").stdout)
     assert shown["status"] == "interrupted" and shown["last_checkpoint"]
     killed_at = int(Path(shown["last_checkpoint"]).name.split("-")[1])
-    assert 0 < killed_at < 320
+    assert 0 < killed_at < 120  # 15 epochs of 8 steps: killed after its second checkpoint (step 6), long before the end
     res = run_cli("train", "--resume", run_id, "--json", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
@@ -152,4 +168,4 @@ def test_sigkill_mid_run_then_resume_to_completion(home, tiny_cli):
     evs = jsonl.read(events_file, skip_bad=True)
     starts = [e for e in evs if e["event"] == "start"]
     assert starts[-1]["resumed_from"] is not None and starts[-1]["step"] >= killed_at
-    assert evs[-1]["event"] == "done" and evs[-1]["steps"] == 320
+    assert evs[-1]["event"] == "done" and evs[-1]["steps"] == 120

@@ -1,8 +1,10 @@
-"""The training engine end to end on tiny models: real child processes, real checkpoints.
+"""The training engine end to end on tiny models: the supervisor, the worker, real checkpoints.
 
-The models are tiny random transformers and the text is small synthetic data (this file
-tests mechanics, not quality; quality is tested on MiniLM with real data in
-test_training_cli.py).
+The worker runs in this process (``child_in_process_unless_slow``: the same ``worker.main``, on a thread);
+the tests that need its real processes (two DDP processes under ``accelerate launch``, the
+out-of-memory retry through the launcher's exit code) are marked ``slow`` and launch it for real.
+The models are tiny random transformers and the text is small synthetic data (this file tests
+mechanics, not quality; quality is tested on MiniLM with real data in test_training_cli.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from adapterstudio.core.runs import RunStore
 from adapterstudio.core.training.spec import TrainingSpec
 from adapterstudio.services import training as T
 from adapterstudio.services.launch import TrainingFailed
-from tests.training_helpers import sentiment_rows, tiny_with_tokenizer
+from tests.training_helpers import child_in_process_unless_slow, sentiment_rows, tiny_with_tokenizer  # noqa: F401
 
 LINEAGE_KEYS = {"run_id", "task", "strategy", "spec", "base", "dataset", "labels", "chat_template", "text_column",
                 "label_column", "metrics", "library_versions", "seed", "hardware", "duration_s", "world_size"}
@@ -103,16 +105,16 @@ def test_head_and_partial_are_adapters_and_partial_uses_slower_backbone(tlib):
     assert not any("encoder.layer.0." in n for n in trained)
 
 
-@pytest.mark.slow
 def test_cancel_keeps_checkpoint_and_resume_finishes(tlib):
     ctx = Context()
     seen = threading.Event()
     ctx._on_progress = lambda d, t, m: seen.set() if d >= 2 else None
     result: dict = {}
+    total = 80  # 10 epochs of 8 steps: the cancel lands long before the end
 
     def work():
         try:
-            T.train(tlib, _spec(tlib, strategy="lora", epochs=30, name="c"), ctx)
+            T.train(tlib, _spec(tlib, strategy="lora", epochs=total // 8, name="c"), ctx)
         except Cancelled as exc:
             result["cancelled"] = exc
 
@@ -125,12 +127,32 @@ def test_cancel_keeps_checkpoint_and_resume_finishes(tlib):
     run = RunStore(tlib.catalogue).list()[0]
     assert run.status == "cancelled" and run.last_checkpoint and Path(run.last_checkpoint).is_dir()
     stopped_at = int(Path(run.last_checkpoint).name.split("-")[1])
-    assert 2 <= stopped_at < 240
+    assert 2 <= stopped_at < total
     assert tlib.catalogue.find_adapter("c") is None
     out = T.resume(tlib, run.id, Context())
     start = [e for e in _events(out.run) if e["event"] == "start"][-1]
     assert start["resumed_from"] == f"step-{stopped_at}" and start["step"] == stopped_at
-    assert out.result["steps"] == 240 and tlib.catalogue.get_adapter("c").run_id == run.id
+    assert out.result["steps"] == total and tlib.catalogue.get_adapter("c").run_id == run.id
+
+
+def test_a_supervisor_that_fails_mid_run_stops_its_worker_and_the_run_resumes(tlib):
+    from adapterstudio.core.runs import worker_holder
+
+    class AppBug(Exception):
+        pass
+
+    def progress(done, total, message):
+        if done >= 2:
+            raise AppBug("the app's progress callback failed")
+
+    with pytest.raises(AppBug):
+        T.train(tlib, _spec(tlib, strategy="head", epochs=4, name="sup"), Context(on_progress=progress))
+    run = RunStore(tlib.catalogue).list()[0]
+    # the supervisor stopped its worker on the way out: nothing runs the run, which is resumable, not 'running'
+    assert run.status == "interrupted" and "supervision stopped (AppBug)" in run.error
+    assert worker_holder(Path(run.run_dir)) is None and tlib.catalogue.find_adapter("sup") is None
+    out = T.resume(tlib, run.id, Context())
+    assert out.run.status == "succeeded" and out.result["steps"] == 32 and tlib.catalogue.get_adapter("sup")
 
 
 @pytest.mark.slow
@@ -158,6 +180,7 @@ def test_early_stopping_and_best_checkpoint(tlib):
     assert [h["step"] for h in out.result["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_ddp(tlib):
     out = T.train(tlib, _spec(tlib, strategy="lora", num_processes=2, epochs=2, name="ddp"))
     assert out.result["world_size"] == 2
@@ -369,7 +392,6 @@ def test_name_taken_and_unknown_base_fail_before_launch(tlib):
     assert len(RunStore(tlib.catalogue).list()) == n  # nothing recorded for refused input
 
 
-@pytest.mark.slow
 def test_queue_survives_reopen_and_dead_runs_show_interrupted(tlib, home):
     from adapterstudio.services.library import open_library
 

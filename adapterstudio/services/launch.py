@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from adapterstudio.core import events as run_events
 from adapterstudio.core.context import Context, TaskContext
@@ -134,6 +134,16 @@ def _child_env(cpu: bool = False) -> dict[str, str]:
     return env
 
 
+def start_worker(spec: TrainingSpec, run_dir: Path, env: dict[str, str], log: IO[bytes],
+                 lock: RunLock | None) -> subprocess.Popen[bytes]:
+    """Start the worker (:func:`launch_command`) in a session of its own, its output to *log*: the one place
+    a worker starts. The supervisor uses what it returns as ``pid``, ``poll()``, ``wait()`` and ``kill()``.
+    The launcher inherits the run's lock: it stays held while the worker lives, even if this process is killed."""
+    return subprocess.Popen(launch_command(spec, run_dir), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=str(run_dir), start_new_session=True,
+                            pass_fds=(lock.fd,) if lock is not None and lock.fd is not None else ())
+
+
 def _launch_and_watch(spec: TrainingSpec, run_dir: Path, run_id: str, store: RunStore,
                       ctx: TaskContext, lock: RunLock | None = None) -> tuple[int, dict[str, Any]]:
     # marks where this launch's events begin (for a process that attaches later)
@@ -148,10 +158,7 @@ def _launch_and_watch(spec: TrainingSpec, run_dir: Path, run_id: str, store: Run
     with log_path.open("ab") as log:
         log.write(f"\n==== launch {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
         log.flush()
-        # the launcher inherits the run's lock: it stays held while the worker lives, even if this process is killed
-        proc = subprocess.Popen(launch_command(spec, run_dir), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=str(run_dir), start_new_session=True,
-                                pass_fds=(lock.fd,) if lock is not None and lock.fd is not None else ())
+        proc = start_worker(spec, run_dir, env, log, lock)
     if lock is not None:
         lock.note(launcher_pid=proc.pid)
     run_folders.crash_point("worker_launched")

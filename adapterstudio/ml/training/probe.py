@@ -146,7 +146,9 @@ def fit(features: str, train: dict[str, Any], val: dict[str, Any], test: dict[st
             value = m.get(metric, m.get("accuracy", 0.0))
             proba = np.zeros((len(Zva), n_labels))
             proba[:, clf.classes_] = clf.predict_proba(Zva)
-            loss = float(log_loss(yva, np.clip(proba, 1e-9, 1), labels=list(range(n_labels))))
+            proba = np.clip(proba, 1e-9, 1)  # classes absent from training get a tiny share, not log(0)
+            proba /= proba.sum(axis=1, keepdims=True)  # rows sum to one again (sklearn warns otherwise)
+            loss = float(log_loss(yva, proba, labels=list(range(n_labels))))
             key = (value if higher else -value, -loss)
             if best is None or key > best[0]:
                 best = (key, clf, C, cw, {**m, "loss": loss})

@@ -48,9 +48,10 @@ def test_register_train_browse_play_push(qtbot, window, minilm_path, tmp_path, s
     assert done.args[0].status == "succeeded", done.args[0].error
 
     # 3. it is in the library, with its lineage and curves
-    with qtbot.waitSignal(lib_page.loaded, timeout=30000):
-        train.jobs.open_selected()
-    qtbot.waitUntil(lambda: lib_page.selected_name() == "vader-lora", timeout=20000)
+    # the library may already hold it (the queue's end announced a catalogue change) or load it now: either way
+    # opening the run's adapter selects it there
+    train.jobs.open_selected()
+    qtbot.waitUntil(lambda: lib_page.selected_name() == "vader-lora", timeout=30000)
     qtbot.waitUntil(lambda: lib_page.detail.adapter.record is not None
                     and lib_page.detail.adapter.record.name == "vader-lora", timeout=20000)
     assert "vader" in lib_page.detail.adapter.lineage.toPlainText()

@@ -86,8 +86,13 @@ def baseline_child(args: argparse.Namespace) -> None:
     """The reference: transformers Trainer + PEFT, defaults except the shared settings."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
     from transformers import logging as tlog
 
     tlog.set_verbosity_error()

@@ -88,8 +88,14 @@ def trainer_child(train: str, test: str, seed: int) -> None:
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
     from transformers.utils import logging
 
     from adapterstudio.ml.training.metrics import classification_metrics

@@ -37,8 +37,15 @@ def save_minilm_adapters(out: Path, minilm_path: Path) -> dict[str, Path]:
 def tiny_model(kind: str, out: Path) -> Path:
     """Save a tiny random model of *kind* (llama, gpt2, bert, vit) as safetensors; seconds."""
     import torch
-    from transformers import (AutoModelForCausalLM, AutoModelForImageClassification,
-                              AutoModelForSequenceClassification, BertConfig, GPT2Config, LlamaConfig, ViTConfig)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        BertConfig,
+        GPT2Config,
+        LlamaConfig,
+        ViTConfig,
+    )
 
     torch.manual_seed(0)
     if kind == "llama":

@@ -10,8 +10,8 @@ built and smoke-checked by packaging/build_app.sh (too slow for CI).
 from __future__ import annotations
 
 import configparser
-import os
 import email.parser
+import os
 import subprocess
 import sys
 import tarfile

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from adapterstudio.core import jsonl
-from tests.training_helpers import child_in_process_unless_slow, sentiment_rows, tiny_with_tokenizer  # noqa: F401
-from tests.training_helpers import workers_in_process
+from tests.training_helpers import child_in_process_unless_slow, sentiment_rows, tiny_with_tokenizer, workers_in_process  # noqa: F401
 
 
 def vader_words(out: Path, n: int = 600, seed: int = 0) -> Path:

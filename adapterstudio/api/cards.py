@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from adapterstudio.core.peft_format import HUB_ID as HUB_ID  # re-exported: providers match repository ids with it
+
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
 
 

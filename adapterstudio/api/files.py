@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from adapterstudio.core.fsutil import atomic_write_bytes as atomic_write_bytes  # re-exported for providers
 from adapterstudio.core.fsutil import fsync_dir as fsync_dir  # re-exported for providers
 from adapterstudio.core.fsutil import sha256_file
+
 # the pickle suffixes live in core.peft_format (a local import refuses the same files a pull does)
 from adapterstudio.core.peft_format import PICKLE_SUFFIXES
 from adapterstudio.core.peft_format import is_pickle as is_pickle  # re-exported for providers

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
-from collections.abc import Callable
 
 from adapterstudio.api import ENTRY_POINT_GROUP, HubProvider, ProviderConfig
 from adapterstudio.core.errors import NotFound, UserError, one_line

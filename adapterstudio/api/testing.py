@@ -27,14 +27,21 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import pytest
 
 from adapterstudio.api import (
-    AuthStatus, HubProvider, PickleRefused, ProviderCapabilities, PullResult, PushResult, RemoteDetail, UserError,
+    AuthStatus,
+    HubProvider,
+    PickleRefused,
+    ProviderCapabilities,
+    PullResult,
+    PushResult,
+    RemoteDetail,
+    UserError,
 )
 from adapterstudio.api.registry import check_provider
 from adapterstudio.core.errors import NotFound

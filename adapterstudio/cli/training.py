@@ -6,14 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from adapterstudio.cli._common import (
-    add_group,
-    emit,
-    human_size,
-    open_lib,
-    progress,
-    table,
-)
+from adapterstudio.cli._common import add_group, emit, human_size, open_lib, progress, table
 from adapterstudio.core.metrics import METRICS
 from adapterstudio.core.runs import STATUSES
 from adapterstudio.core.settings import PRECISIONS

@@ -51,7 +51,14 @@ from typing import Any
 
 from adapterstudio.core.catalogue_schema import MIGRATIONS, SCHEMA_VERSION, refuse_newer
 from adapterstudio.core.errors import (
-    AlreadyExists, DiskFull, InvalidInput, NotFound, ReadOnlyLibrary, UserError, free_bytes, is_disk_full,
+    AlreadyExists,
+    DiskFull,
+    InvalidInput,
+    NotFound,
+    ReadOnlyLibrary,
+    UserError,
+    free_bytes,
+    is_disk_full,
 )
 from adapterstudio.core.fsutil import CHUNK, atomic_output, fsync_dir
 from adapterstudio.core.names import same_text

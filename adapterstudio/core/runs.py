@@ -24,8 +24,8 @@ import re
 import secrets
 import shutil
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from adapterstudio.core.catalogue import Catalogue

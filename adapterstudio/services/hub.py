@@ -24,20 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from adapterstudio.api import (
-    ENTRY_POINT_GROUP,
-    HubProvider,
-    NetworkError,
-    ProviderConfig,
-    RemoteAdapter,
-)
-from adapterstudio.api.cards import (
-    HUB_ID,
-    card_errors,
-    looks_like_local_path,
-    parse_card,
-    render_card,
-)
+from adapterstudio.api import ENTRY_POINT_GROUP, HubProvider, NetworkError, ProviderConfig, RemoteAdapter
+from adapterstudio.api.cards import HUB_ID, card_errors, looks_like_local_path, parse_card, render_card
 from adapterstudio.api.registry import ProviderEntry, discover, load_provider
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import AlreadyExists, InvalidInput, NotFound, UserError, one_line

@@ -24,8 +24,17 @@ from typing import IO, Any
 from adapterstudio.core import events as run_events
 from adapterstudio.core.context import Context, TaskContext
 from adapterstudio.core.errors import Cancelled, UserError
-from adapterstudio.core.runs import (EXIT_CANCELLED, EXIT_OOM, RESULT_FILE, STOP_FILE, WORKER_LOG, RunLock, RunRecord,
-                                     RunStore, worker_holder)
+from adapterstudio.core.runs import (
+    EXIT_CANCELLED,
+    EXIT_OOM,
+    RESULT_FILE,
+    STOP_FILE,
+    WORKER_LOG,
+    RunLock,
+    RunRecord,
+    RunStore,
+    worker_holder,
+)
 from adapterstudio.core.training.spec import TrainingSpec
 from adapterstudio.services import run_folders
 from adapterstudio.services.run_folders import last_checkpoint

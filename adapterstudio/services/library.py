@@ -20,8 +20,14 @@ from adapterstudio.core.catalogue import Catalogue
 from adapterstudio.core.compat import CompatReport, check_compatibility
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import AlreadyExists, Incompatible, InvalidInput, NotFound
-from adapterstudio.core.fsutil import (copy_atomic, iter_files, new_output_folder, publish_folder, require_space,
-                                      sha256_file)
+from adapterstudio.core.fsutil import (
+    copy_atomic,
+    iter_files,
+    new_output_folder,
+    publish_folder,
+    require_space,
+    sha256_file,
+)
 from adapterstudio.core.model_info import inspect_model_folder
 from adapterstudio.core.names import validate_name, validate_notes, validate_tag
 from adapterstudio.core.peft_format import HUB_ID, AdapterConfig, find_weights, is_pickle, read_adapter_config

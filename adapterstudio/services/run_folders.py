@@ -23,8 +23,16 @@ from typing import Any
 from adapterstudio.core import events as run_events
 from adapterstudio.core.errors import InvalidInput
 from adapterstudio.core.fsutil import atomic_write_text, fsync_dir
-from adapterstudio.core.runs import (JOB_FILE, RUN_ID_RE, RunLock, RunRecord, RunStore, latest_checkpoint, lock_holder,
-                                     new_run_id)
+from adapterstudio.core.runs import (
+    JOB_FILE,
+    RUN_ID_RE,
+    RunLock,
+    RunRecord,
+    RunStore,
+    latest_checkpoint,
+    lock_holder,
+    new_run_id,
+)
 from adapterstudio.core.training.spec import TrainingSpec
 
 TMP_PREFIX = ".tmp-"  # a run folder being written; renamed to runs/<id> once complete

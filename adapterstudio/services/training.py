@@ -30,13 +30,31 @@ from typing import Any
 
 from adapterstudio.core.context import NULL_CONTEXT, TaskContext
 from adapterstudio.core.errors import AlreadyExists, Cancelled, InvalidInput, NotFound, UserError
-from adapterstudio.core.runs import (JOB_FILE, RESULT_FILE, STOP_FILE, WORKER_LOG, RunLock, RunRecord, RunStore, lock_holder,
-                                     run_liveness, worker_holder)
+from adapterstudio.core.runs import (
+    JOB_FILE,
+    RESULT_FILE,
+    STOP_FILE,
+    WORKER_LOG,
+    RunLock,
+    RunRecord,
+    RunStore,
+    lock_holder,
+    run_liveness,
+    worker_holder,
+)
 from adapterstudio.core.training.spec import TrainingSpec, estimate_memory
 from adapterstudio.services import run_folders
 from adapterstudio.services.launch import CANCELLED_ERROR, TrainingFailed, cancelled, follow, resume_hint, supervise
-from adapterstudio.services.results import (LINEAGE_FILE, TrainOutcome, build_lineage, check_output_name, import_result,
-                                            link_imported, outcome, read_result)
+from adapterstudio.services.results import (
+    LINEAGE_FILE,
+    TrainOutcome,
+    build_lineage,
+    check_output_name,
+    import_result,
+    link_imported,
+    outcome,
+    read_result,
+)
 from adapterstudio.services.run_folders import RunBusy, last_checkpoint
 
 log = logging.getLogger(__name__)

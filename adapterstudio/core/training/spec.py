@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterstudio.core.errors import InvalidInput
+
 # the metric facts live in core.metrics; re-exported here for callers of the spec
 from adapterstudio.core.metrics import HIGHER_IS_BETTER as HIGHER_IS_BETTER
 from adapterstudio.core.metrics import METRIC_LABELS as METRIC_LABELS

@@ -29,8 +29,13 @@ from adapterstudio.core import events as run_events
 from adapterstudio.core.runs import EXIT_CANCELLED, RESULT_FILE, STOP_FILE, latest_checkpoint
 from adapterstudio.ml.training import faults
 from adapterstudio.ml.training.baseline import baseline_comparison, run_baseline
-from adapterstudio.ml.training.batching import (accumulate_gradients, class_weighted_loss, eval_batches,
-                                                length_grouped_batches, training_passes)
+from adapterstudio.ml.training.batching import (
+    accumulate_gradients,
+    class_weighted_loss,
+    eval_batches,
+    length_grouped_batches,
+    training_passes,
+)
 from adapterstudio.ml.training.encoding import collate, encode, example_tokens, load_tokenizer
 from adapterstudio.ml.training.metrics import evaluate_model
 from adapterstudio.ml.training.models import apply_strategy, load_base_model, param_groups

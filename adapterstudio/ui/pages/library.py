@@ -11,14 +11,38 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, QItemSelectionModel, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QDragEnterEvent, QDragLeaveEvent, QDropEvent, QKeySequence
-from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QComboBox, QFileDialog, QFrame, QHBoxLayout,
-                               QHeaderView, QInputDialog, QLabel, QLineEdit, QMessageBox, QPushButton, QSplitter,
-                               QStackedWidget, QTableView, QToolButton, QTreeView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QHeaderView,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QStackedWidget,
+    QTableView,
+    QToolButton,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
 
 from adapterstudio.ui import errors, tasks
 from adapterstudio.ui.icons import icon
-from adapterstudio.ui.models import (AdapterFilterProxy, AdapterTableModel, KindRole, LibraryTreeModel, NameRole,
-                                     task_label)
+from adapterstudio.ui.models import (
+    AdapterFilterProxy,
+    AdapterTableModel,
+    KindRole,
+    LibraryTreeModel,
+    NameRole,
+    task_label,
+)
 from adapterstudio.ui.pages.detail import DetailPane
 from adapterstudio.ui.pages.first_run import FirstRun
 from adapterstudio.ui.runner import Worker

@@ -28,8 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from adapterstudio.api import (
-    NULL_CONTEXT, AlreadyExists, AuthStatus, InvalidInput, PickleRefused, ProviderCapabilities, ProviderConfig,
-    PullResult, PushResult, RemoteAdapter, RemoteDetail, RemoteFile, RemoteNotFound, TaskContext, UserError,
+    NULL_CONTEXT,
+    AlreadyExists,
+    AuthStatus,
+    InvalidInput,
+    PickleRefused,
+    ProviderCapabilities,
+    ProviderConfig,
+    PullResult,
+    PushResult,
+    RemoteAdapter,
+    RemoteDetail,
+    RemoteFile,
+    RemoteNotFound,
+    TaskContext,
+    UserError,
 )
 from adapterstudio.api.cards import HUB_ID, parse_card
 from adapterstudio.api.files import atomic_write_bytes, fsync_dir, is_pickle, wanted

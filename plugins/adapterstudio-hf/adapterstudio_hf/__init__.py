@@ -24,9 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from adapterstudio.api import (
-    NULL_CONTEXT, AlreadyExists, AuthError, AuthStatus, InvalidInput, NetworkError, PickleRefused,
-    ProviderCapabilities, ProviderConfig, PullResult, PushResult, RemoteAdapter, RemoteDetail, RemoteFile,
-    RemoteNotFound, TaskContext, UserError,
+    NULL_CONTEXT,
+    AlreadyExists,
+    AuthError,
+    AuthStatus,
+    InvalidInput,
+    NetworkError,
+    PickleRefused,
+    ProviderCapabilities,
+    ProviderConfig,
+    PullResult,
+    PushResult,
+    RemoteAdapter,
+    RemoteDetail,
+    RemoteFile,
+    RemoteNotFound,
+    TaskContext,
+    UserError,
 )
 from adapterstudio.api.cards import HUB_ID, parse_card
 from adapterstudio.api.files import git_blob_oid, is_pickle, sha256_of, wanted
@@ -40,7 +54,8 @@ def make_provider(config: ProviderConfig) -> HuggingFaceProvider:
 
 def _quiet() -> None:
     """No tqdm bars or retry chatter on the console: AdapterStudio reports progress and errors itself."""
-    from huggingface_hub.utils import disable_progress_bars, logging as hf_logging
+    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hf_logging
 
     disable_progress_bars()
     if not os.environ.get("ADAPTERSTUDIO_DEBUG"):

@@ -211,8 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _run_outcome(args, out)
     spec = build_spec(args)
     if args.estimate:
-        spec, _ = T.resolve_spec(lib, spec)
-        est = T.memory_estimate(lib, spec)
+        est = T.estimate(lib, spec)
         emit(args, est, lambda: f"estimated peak memory {human_size(est['total'])} (weights {human_size(est['weights'])}, "
              f"optimizer {human_size(est['optimizer'])}, activations {human_size(est['activations'])}); "
              f"available on {est['device']}: {human_size(est['available'])}; "

@@ -105,6 +105,13 @@ def memory_estimate(lib: Any, spec: TrainingSpec) -> dict[str, Any]:
     return estimate_memory(spec, config, base.num_parameters, device, available).to_json()
 
 
+def estimate(lib: Any, spec: TrainingSpec) -> dict[str, Any]:
+    """The "will it fit" estimate for a spec as the user wrote it: settings left open are first decided the way a
+    run decides them (the auto recipe without the data), so the CLI's --estimate and the Train page agree."""
+    resolved, _ = resolve_spec(lib, spec)
+    return memory_estimate(lib, resolved)
+
+
 def _device_memory(spec: TrainingSpec) -> tuple[str, int | None]:
     """The device a run of *spec* trains on and its free memory (None: unknown, so the estimate says "unknown")."""
     if not spec.cpu:

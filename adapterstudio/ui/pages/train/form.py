@@ -52,9 +52,7 @@ def t_preview(ctx: Context, lib: Any, spec_dict: dict[str, Any]) -> DatasetPrevi
 def t_estimate(ctx: Context, lib: Any, spec_dict: dict[str, Any]) -> dict[str, Any]:
     from adapterstudio.services import training
 
-    spec = TrainingSpec.from_dict(spec_dict)
-    base = lib.catalogue.get_base(spec.base)
-    return training.memory_estimate(lib, spec.with_defaults(base.num_parameters))
+    return training.estimate(lib, TrainingSpec.from_dict(spec_dict))
 
 
 def t_enqueue(ctx: Context, lib: Any, spec_dict: dict[str, Any]) -> Any:
